@@ -1,0 +1,162 @@
+//! The two kinds of Lipschitz number, kept apart by the type system.
+//!
+//! A [`CertifiedBound`] is a guaranteed upper bound on an L2 Lipschitz constant (an f64 plus the method
+//! that produced it). Only this crate's certified methods can create one from a number; layers combine
+//! them with the paper's rules (composition multiplies, addition adds, concatenation takes the root of the
+//! sum of squares, Sec. 5.1). [`LowerBound`] (an empirical lower bound, e.g. from gradient norms) and the
+//! train-time estimate (a candle tensor) have no conversion into it, so an estimate can never be passed where
+//! a certificate needs a bound.
+
+use std::fmt;
+
+/// How a certified bound was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BoundMethod {
+    /// Largest singular value of the exact operator matrix (exact up to a rounding margin).
+    Dense,
+    /// Power iteration on the operator and its exact adjoint, plus the Thm. 2 correction (sound with
+    /// probability at least 1 - (sqrt(2/pi))^starts).
+    Power,
+    /// Largest singular value over the per-frequency matrices of the kernel's DFT on a circular grid
+    /// that embeds the padded input (deterministic, never below the exact norm).
+    Fft,
+    /// Cor. 1: sqrt(n) times the spectral norm of the reshaped kernel W'.
+    Cor1,
+    /// Cisse et al. (Parseval networks): sqrt(kh kw) times the spectral norm of W'.
+    Cisse,
+    /// Peck et al., as reconstructed here: sqrt(Ho Wo) times the Frobenius norm of the kernel (pooling:
+    /// sqrt of the number of windows). Not checked against Peck's text.
+    PeckReconstructed,
+    /// A closed form that is exact (ReLU, BN at inference, pooling by Thm. 3, a known scalar).
+    ClosedForm,
+    /// A combination of layers bounded by different methods.
+    Mixed,
+}
+
+impl BoundMethod {
+    /// Short name used in CSV files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BoundMethod::Dense => "dense",
+            BoundMethod::Power => "power",
+            BoundMethod::Fft => "fft",
+            BoundMethod::Cor1 => "cor1",
+            BoundMethod::Cisse => "cisse",
+            BoundMethod::PeckReconstructed => "peck-reconstructed",
+            BoundMethod::ClosedForm => "closed-form",
+            BoundMethod::Mixed => "mixed",
+        }
+    }
+
+    /// The method of a combination: closed forms take the other side's method; two different
+    /// numerical methods give `Mixed`.
+    fn join(self, other: BoundMethod) -> BoundMethod {
+        match (self, other) {
+            (BoundMethod::ClosedForm, m) | (m, BoundMethod::ClosedForm) => m,
+            (a, b) if a == b => a,
+            _ => BoundMethod::Mixed,
+        }
+    }
+}
+
+impl fmt::Display for BoundMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A guaranteed upper bound on an L2 Lipschitz constant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CertifiedBound {
+    value: f64,
+    method: BoundMethod,
+}
+
+impl CertifiedBound {
+    /// Built only by this crate's certified computations, always finite and non-negative.
+    pub(crate) fn new(value: f64, method: BoundMethod) -> crate::Result<Self> {
+        if !value.is_finite() || value < 0.0 {
+            return Err(crate::CoreError::NonFinite("certified bound"));
+        }
+        Ok(CertifiedBound { value, method })
+    }
+
+    /// The bound of the identity (and of ReLU, dropout at inference, flatten): exactly 1.
+    pub fn one() -> Self {
+        CertifiedBound {
+            value: 1.0,
+            method: BoundMethod::ClosedForm,
+        }
+    }
+
+    /// The bound of multiplication by a known constant `factor`: |factor|. Errors on NaN or infinity.
+    pub fn constant(factor: f64) -> crate::Result<Self> {
+        CertifiedBound::new(factor.abs(), BoundMethod::ClosedForm)
+    }
+
+    /// The bound's value.
+    pub fn value(&self) -> f64 {
+        self.value
+    }
+
+    /// How it was computed.
+    pub fn method(&self) -> BoundMethod {
+        self.method
+    }
+
+    /// Composition `g(f(x))` where `self` bounds f and `next` bounds g: the product.
+    pub fn then(self, next: CertifiedBound) -> Self {
+        CertifiedBound {
+            value: self.value * next.value,
+            method: self.method.join(next.method),
+        }
+    }
+
+    /// Sum `f(x) + g(x)` (residual addition): the sum of the bounds.
+    pub fn plus(self, other: CertifiedBound) -> Self {
+        CertifiedBound {
+            value: self.value + other.value,
+            method: self.method.join(other.method),
+        }
+    }
+
+    /// Concatenation `(f(x), g(x))`: sqrt(L_f^2 + L_g^2).
+    pub fn concat(self, other: CertifiedBound) -> Self {
+        CertifiedBound {
+            value: self.value.hypot(other.value),
+            method: self.method.join(other.method),
+        }
+    }
+}
+
+impl fmt::Display for CertifiedBound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.6} ({})", self.value, self.method)
+    }
+}
+
+/// An empirical lower bound on a Lipschitz constant (e.g. the largest gradient norm found). It says how
+/// far the certified bound can at most be from the truth; it can never stand in for a certified bound.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct LowerBound(pub f64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combination_rules_and_methods() {
+        let d = CertifiedBound::new(2.0, BoundMethod::Dense).unwrap();
+        let f = CertifiedBound::new(3.0, BoundMethod::Fft).unwrap();
+        let one = CertifiedBound::one();
+        assert_eq!(d.then(one).method(), BoundMethod::Dense);
+        assert_eq!(d.then(f).value(), 6.0);
+        assert_eq!(d.then(f).method(), BoundMethod::Mixed);
+        assert_eq!(d.plus(d).value(), 4.0);
+        assert!((d.concat(f).value() - 13f64.sqrt()).abs() < 1e-15);
+        assert_eq!(CertifiedBound::constant(-0.5).unwrap().value(), 0.5);
+        assert!(CertifiedBound::constant(f64::NAN).is_err());
+        assert!(CertifiedBound::new(-1.0, BoundMethod::Dense).is_err());
+    }
+}

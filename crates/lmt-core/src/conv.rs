@@ -1,0 +1,381 @@
+//! A convolution as a linear operator on its real input size: geometry, f64 application and exact
+//! adjoint, and the assembled dense matrix.
+//!
+//! Cross-correlation as in candle and PyTorch: input `(c_in, H, W)`, kernel `(c_out, c_in, kh, kw)`, zero
+//! padding `(ph, pw)`, stride `(sh, sw)`, output `(c_out, Ho, Wo)` with `Ho = (H + 2 ph - kh) / sh + 1`.
+//! Biases are affine offsets and do not change a Lipschitz constant, so they are ignored throughout.
+
+use crate::error::{invalid, Result};
+
+/// Shape, stride and padding of a 2-D convolution applied to a fixed input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (rows, columns).
+    pub stride: (usize, usize),
+    /// Zero padding (rows, columns) on each side.
+    pub pad: (usize, usize),
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+}
+
+impl ConvGeometry {
+    /// A square-kernel geometry with equal stride and padding in both directions, validated.
+    #[allow(clippy::too_many_arguments)]
+    pub fn square(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<Self> {
+        let g = ConvGeometry {
+            c_in,
+            c_out,
+            kh: k,
+            kw: k,
+            stride: (stride, stride),
+            pad: (pad, pad),
+            in_h,
+            in_w,
+        };
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Checks that every size is positive and that the kernel fits in the padded input.
+    pub fn validate(&self) -> Result<()> {
+        let pos = [
+            self.c_in,
+            self.c_out,
+            self.kh,
+            self.kw,
+            self.stride.0,
+            self.stride.1,
+            self.in_h,
+            self.in_w,
+        ];
+        if pos.contains(&0) {
+            return Err(invalid(
+                "convolution geometry",
+                format!("{self:?}: sizes and strides must be positive"),
+            ));
+        }
+        if self.in_h + 2 * self.pad.0 < self.kh || self.in_w + 2 * self.pad.1 < self.kw {
+            return Err(invalid(
+                "convolution geometry",
+                format!("{self:?}: the kernel is larger than the padded input"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.pad.0 - self.kh) / self.stride.0 + 1
+    }
+
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.pad.1 - self.kw) / self.stride.1 + 1
+    }
+
+    /// Input dimension `c_in H W` (the `n` of Thm. 2).
+    pub fn in_dim(&self) -> usize {
+        self.c_in * self.in_h * self.in_w
+    }
+
+    /// Output dimension `c_out Ho Wo`.
+    pub fn out_dim(&self) -> usize {
+        self.c_out * self.out_h() * self.out_w()
+    }
+
+    /// Kernel length `c_out c_in kh kw`.
+    pub fn kernel_len(&self) -> usize {
+        self.c_out * self.c_in * self.kh * self.kw
+    }
+
+    /// Thm. 3's n: the largest number of windows containing one input element, as the authors count it:
+    /// `ceil(min(kh, H + 2ph - kh + 1) / sh) * ceil(min(kw, W + 2pw - kw + 1) / sw)`.
+    pub fn windows_per_element(&self) -> usize {
+        let one =
+            |k: usize, size: usize, p: usize, s: usize| k.min(size + 2 * p - k + 1).div_ceil(s);
+        one(self.kh, self.in_h, self.pad.0, self.stride.0)
+            * one(self.kw, self.in_w, self.pad.1, self.stride.1)
+    }
+
+    pub(crate) fn check_kernel(&self, kernel: &[f64]) -> Result<()> {
+        self.validate()?;
+        if kernel.len() != self.kernel_len() {
+            return Err(invalid(
+                "convolution kernel",
+                format!(
+                    "{} values for geometry {self:?}, which needs {}",
+                    kernel.len(),
+                    self.kernel_len()
+                ),
+            ));
+        }
+        if kernel.iter().any(|v| !v.is_finite()) {
+            return Err(crate::CoreError::NonFinite("convolution kernel"));
+        }
+        Ok(())
+    }
+
+    /// Input coordinate read by output position `o` at kernel offset `a` along one axis, if inside.
+    #[inline]
+    fn source(o: usize, a: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+        (o * stride + a).checked_sub(pad).filter(|&y| y < size)
+    }
+
+    /// im2col of one input: `(c_in kh kw) x (Ho Wo)`, row-major.
+    fn im2col(&self, x: &[f64], cols: &mut [f64]) {
+        let (oh, ow) = (self.out_h(), self.out_w());
+        let p = oh * ow;
+        for c in 0..self.c_in {
+            for a in 0..self.kh {
+                for b in 0..self.kw {
+                    let row = &mut cols[((c * self.kh + a) * self.kw + b) * p..][..p];
+                    for i in 0..oh {
+                        let y = Self::source(i, a, self.stride.0, self.pad.0, self.in_h);
+                        for j in 0..ow {
+                            let xx = Self::source(j, b, self.stride.1, self.pad.1, self.in_w);
+                            row[i * ow + j] = match (y, xx) {
+                                (Some(y), Some(xx)) => x[(c * self.in_h + y) * self.in_w + xx],
+                                _ => 0.0,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// col2im, the exact adjoint of `im2col`: scatter-adds `cols` back into `x` (which it overwrites).
+    fn col2im(&self, cols: &[f64], x: &mut [f64]) {
+        x.fill(0.0);
+        let (oh, ow) = (self.out_h(), self.out_w());
+        let p = oh * ow;
+        for c in 0..self.c_in {
+            for a in 0..self.kh {
+                for b in 0..self.kw {
+                    let row = &cols[((c * self.kh + a) * self.kw + b) * p..][..p];
+                    for i in 0..oh {
+                        let Some(y) = Self::source(i, a, self.stride.0, self.pad.0, self.in_h)
+                        else {
+                            continue;
+                        };
+                        for j in 0..ow {
+                            if let Some(xx) =
+                                Self::source(j, b, self.stride.1, self.pad.1, self.in_w)
+                            {
+                                x[(c * self.in_h + y) * self.in_w + xx] += row[i * ow + j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the convolution to `batch` inputs stored one after another; returns the outputs likewise.
+    pub fn apply(&self, kernel: &[f64], x: &[f64], batch: usize) -> Vec<f64> {
+        let (p, ckk) = (self.out_h() * self.out_w(), self.c_in * self.kh * self.kw);
+        let mut cols = vec![0.0; ckk * p];
+        let mut y = vec![0.0; batch * self.out_dim()];
+        for n in 0..batch {
+            self.im2col(&x[n * self.in_dim()..][..self.in_dim()], &mut cols);
+            // y_n (c_out x p) = K (c_out x ckk) * cols (ckk x p)
+            gemm(
+                self.c_out,
+                ckk,
+                p,
+                kernel,
+                false,
+                &cols,
+                false,
+                &mut y[n * self.out_dim()..][..self.out_dim()],
+            );
+        }
+        y
+    }
+
+    /// Applies the exact adjoint (the transposed convolution that restores the full input size, i.e. with
+    /// the output padding that strided layers need) to `batch` outputs.
+    pub fn adjoint(&self, kernel: &[f64], y: &[f64], batch: usize) -> Vec<f64> {
+        let (p, ckk) = (self.out_h() * self.out_w(), self.c_in * self.kh * self.kw);
+        let mut cols = vec![0.0; ckk * p];
+        let mut x = vec![0.0; batch * self.in_dim()];
+        for n in 0..batch {
+            // cols (ckk x p) = K^T (ckk x c_out) * y_n (c_out x p)
+            gemm(
+                ckk,
+                self.c_out,
+                p,
+                kernel,
+                true,
+                &y[n * self.out_dim()..][..self.out_dim()],
+                false,
+                &mut cols,
+            );
+            self.col2im(&cols, &mut x[n * self.in_dim()..][..self.in_dim()]);
+        }
+        x
+    }
+
+    /// The dense `out_dim x in_dim` matrix of the operator, assembled entry by entry from the kernel
+    /// (row-major). Row `(o, i, j)` holds `K[o, c, a, b]` in column `(c, i sh + a - ph, j sw + b - pw)`.
+    pub fn dense_matrix(&self, kernel: &[f64]) -> Vec<f64> {
+        let (oh, ow, n) = (self.out_h(), self.out_w(), self.in_dim());
+        let mut m = vec![0.0; self.out_dim() * n];
+        for o in 0..self.c_out {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let row = &mut m[((o * oh + i) * ow + j) * n..][..n];
+                    for c in 0..self.c_in {
+                        for a in 0..self.kh {
+                            let Some(y) = Self::source(i, a, self.stride.0, self.pad.0, self.in_h)
+                            else {
+                                continue;
+                            };
+                            for b in 0..self.kw {
+                                if let Some(x) =
+                                    Self::source(j, b, self.stride.1, self.pad.1, self.in_w)
+                                {
+                                    row[(c * self.in_h + y) * self.in_w + x] +=
+                                        kernel[((o * self.c_in + c) * self.kh + a) * self.kw + b];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        m
+    }
+}
+
+/// `c (m x n) = op(a) (m x k) * b (k x n)`, all row-major; `a_t` means `a` is stored as `k x m`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f64],
+    a_t: bool,
+    b: &[f64],
+    b_t: bool,
+    c: &mut [f64],
+) {
+    let (rsa, csa) = if a_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (rsb, csb) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    // SAFETY: the slices hold at least m*k, k*n and m*n elements with the strides given above.
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    unsafe {
+        matrixmultiply::dgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64, n: usize) -> Vec<f64> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn apply_and_adjoint_agree_with_dense_matrix() {
+        for &(k, s, p, h) in &[
+            (3, 1, 1, 5),
+            (4, 2, 1, 7),
+            (2, 2, 0, 6),
+            (5, 2, 2, 4),
+            (1, 1, 0, 3),
+        ] {
+            let g = ConvGeometry::square(2, 3, k, s, p, h, h + 1).unwrap();
+            let ker = lcg(1, g.kernel_len());
+            let m = g.dense_matrix(&ker);
+            let x = lcg(2, g.in_dim());
+            let y = g.apply(&ker, &x, 1);
+            for r in 0..g.out_dim() {
+                let want: f64 = (0..g.in_dim()).map(|c| m[r * g.in_dim() + c] * x[c]).sum();
+                assert!((y[r] - want).abs() < 1e-12);
+            }
+            let v = lcg(3, g.out_dim());
+            let xt = g.adjoint(&ker, &v, 1);
+            for c in 0..g.in_dim() {
+                let want: f64 = (0..g.out_dim()).map(|r| m[r * g.in_dim() + c] * v[r]).sum();
+                assert!((xt[c] - want).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn windows_per_element_matches_the_reference_examples() {
+        let n = |k, s, p, h| {
+            ConvGeometry::square(1, 1, k, s, p, h, h)
+                .unwrap()
+                .windows_per_element()
+        };
+        assert_eq!(n(4, 2, 1, 28), 4);
+        assert_eq!(n(4, 2, 1, 14), 4);
+        assert_eq!(n(3, 1, 1, 32), 9);
+        assert_eq!(n(3, 2, 1, 32), 4);
+        assert_eq!(n(1, 1, 0, 8), 1);
+        assert_eq!(n(2, 2, 0, 28), 1);
+        assert_eq!(n(2, 1, 0, 28), 4);
+        assert_eq!(n(8, 1, 0, 8), 1);
+    }
+
+    #[test]
+    fn bad_geometry_is_rejected() {
+        assert!(ConvGeometry::square(1, 1, 5, 1, 0, 3, 3).is_err());
+        assert!(ConvGeometry::square(1, 1, 3, 0, 0, 3, 3).is_err());
+        let g = ConvGeometry::square(1, 1, 3, 1, 0, 3, 3).unwrap();
+        assert!(g.check_kernel(&[0.0; 8]).is_err());
+        assert!(g.check_kernel(&[f64::NAN; 9]).is_err());
+    }
+}
