@@ -115,6 +115,17 @@ impl ConvGeometry {
             * one(self.kw, self.in_w, self.pad.1, self.stride.1)
     }
 
+    /// True when some output window lies entirely inside the unpadded input. Cor. 1's lower half
+    /// (‖W'‖ <= ‖Conv‖) needs this; "input at least as large as the kernel" is not enough once stride and
+    /// padding are involved (e.g. 3x3, stride 2, pad 1 on a 3-pixel input never reads rows 0..2 together).
+    pub fn has_interior_window(&self) -> bool {
+        let axis = |k: usize, s: usize, p: usize, size: usize, outs: usize| {
+            (0..outs).any(|o| o * s >= p && o * s - p + k <= size)
+        };
+        axis(self.kh, self.stride.0, self.pad.0, self.in_h, self.out_h())
+            && axis(self.kw, self.stride.1, self.pad.1, self.in_w, self.out_w())
+    }
+
     pub(crate) fn check_kernel(&self, kernel: &[f64]) -> Result<()> {
         self.validate()?;
         if kernel.len() != self.kernel_len() {

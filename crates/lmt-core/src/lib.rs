@@ -32,7 +32,7 @@ pub use estimate::{l2_norm, LipEstimate, PowerVectors};
 pub use loss::{
     class_distances, cross_entropy, lmt_logits_prop1, lmt_logits_prop2, LmtProposition,
 };
-pub use norms::PowerConfig;
+pub use norms::{PowerConfig, PowerOutcome};
 
 mod bound;
 mod certify;

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::bound::{BoundMethod, CertifiedBound};
+use crate::bound::{BoundMethod, CertifiedBound, LowerBound};
 use crate::conv::{gemm, ConvGeometry};
 use crate::error::{invalid, CoreError, Result};
 
@@ -128,13 +128,31 @@ pub fn thm2_correction(r: f64, delta: f64, n: usize) -> f64 {
     (d + (d * (4.0 * r + d)).sqrt()) / 2.0
 }
 
+/// What a certified power iteration found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PowerOutcome {
+    /// sqrt(max over starts of R + Thm. 2 correction): the certified bound.
+    pub bound: CertifiedBound,
+    /// sqrt(max over starts of R): since `R = ‖A^T A u‖ <= ‖A‖^2` for a unit `u`, a guaranteed lower bound.
+    pub lower: LowerBound,
+    /// Iterations run (fewer than the maximum when the tolerance was met).
+    pub iterations: usize,
+}
+
+impl PowerOutcome {
+    /// True when the bound is within `rel` of the lower bound, i.e. the iteration has converged to `rel`.
+    pub fn converged(&self, rel: f64) -> bool {
+        self.bound.value() <= self.lower.0 * (1.0 + rel)
+    }
+}
+
 /// `power`: Thm. 1 power iteration on `A^T A` given as `gram(x, batch)` over inputs of dimension `n`,
-/// with the Thm. 2 correction; returns sqrt(max over starts of R + correction).
+/// with the Thm. 2 correction; the bound is sqrt(max over starts of R + correction).
 pub fn power_bound(
     n: usize,
     gram: impl Fn(&[f64], usize) -> Vec<f64>,
     cfg: &PowerConfig,
-) -> Result<CertifiedBound> {
+) -> Result<PowerOutcome> {
     if cfg.starts == 0 || cfg.max_iterations < 2 || n == 0 {
         return Err(invalid("power iteration", format!("{cfg:?} on dimension {n}: needs at least 1 start, 2 iterations (Thm. 2 uses the last change) and a positive dimension")));
     }
@@ -145,35 +163,42 @@ pub fn power_bound(
         .collect();
     normalize_rows(&mut x, n);
     let mut r_prev = vec![0.0; b];
-    let mut bound = f64::INFINITY;
+    let (mut upper, mut lower) = (f64::INFINITY, 0.0f64);
+    let mut iterations = 0;
     for it in 0..cfg.max_iterations {
+        iterations = it + 1;
         let mut y = gram(&x, b);
         let r = normalize_rows(&mut y, n);
         if r.iter().any(|v| !v.is_finite()) {
             return Err(CoreError::NonFinite("power iteration"));
         }
+        lower = r.iter().cloned().fold(lower, f64::max);
         if it > 0 {
             let mut worst_rel: f64 = 0.0;
-            bound = 0.0;
+            upper = 0.0;
             for s in 0..b {
                 let err = thm2_correction(r[s], r[s] - r_prev[s], n);
-                bound = bound.max(r[s] + err);
+                upper = upper.max(r[s] + err);
                 worst_rel = worst_rel.max(if r[s] > 0.0 { err / r[s] } else { 0.0 });
             }
             if worst_rel < cfg.rel_tolerance {
                 break;
             }
         }
-        r_prev = r;
-        x = y;
-        if r_prev.iter().all(|&v| v == 0.0) {
+        if r.iter().all(|&v| v == 0.0) {
             // Gaussian starts almost surely have a component along every direction, so A^T A x = 0 for
             // all of them means A = 0.
-            bound = 0.0;
+            upper = 0.0;
             break;
         }
+        r_prev = r;
+        x = y;
     }
-    CertifiedBound::new(bound.sqrt() * (1.0 + ROUNDING_MARGIN), BoundMethod::Power)
+    Ok(PowerOutcome {
+        bound: CertifiedBound::new(upper.sqrt() * (1.0 + ROUNDING_MARGIN), BoundMethod::Power)?,
+        lower: LowerBound(lower.sqrt() * (1.0 - ROUNDING_MARGIN)),
+        iterations,
+    })
 }
 
 /// Normalises each row of `x` (rows of length `n`) to unit norm and returns the norms before.
@@ -190,7 +215,7 @@ fn normalize_rows(x: &mut [f64], n: usize) -> Vec<f64> {
 }
 
 /// `power` for a convolution: Thm. 1 + 2 on the real operator and its exact adjoint.
-pub fn conv_power(g: &ConvGeometry, kernel: &[f64], cfg: &PowerConfig) -> Result<CertifiedBound> {
+pub fn conv_power(g: &ConvGeometry, kernel: &[f64], cfg: &PowerConfig) -> Result<PowerOutcome> {
     g.check_kernel(kernel)?;
     power_bound(
         g.in_dim(),
