@@ -1,0 +1,141 @@
+//! Batch normalisation as the authors implement it (reference 4.4): biased batch variance in training,
+//! running statistics updated with decay `momentum` and the unbiased correction m/(m-1), eps 2e-5 in the
+//! paper's networks. At inference it is the per-channel scaling gamma / sqrt(running_var + eps) plus a
+//! shift, so its Lipschitz bound is the largest |scale|.
+
+use candle_core::{Tensor, Var};
+use lmt_core::{norms, CertifiedBound};
+
+use crate::lip::{Ctx, Lip, LipModule};
+use crate::{error::config, tensor_f64, Result};
+
+/// BN over the channels of NCHW activations.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    gamma: Tensor,
+    beta: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// Builds from `gamma`, `beta` and the running statistics (all of shape `(C)`); `momentum` is the
+    /// decay of the running averages (0.9 in the reference).
+    pub fn new(
+        gamma: Tensor,
+        beta: Tensor,
+        running_mean: Var,
+        running_var: Var,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        let c = gamma
+            .dims1()
+            .map_err(|_| config("batch norm", "gamma must be 1-D"))?;
+        for (n, t) in [
+            ("beta", &beta),
+            ("running mean", running_mean.as_tensor()),
+            ("running var", running_var.as_tensor()),
+        ] {
+            if t.dims() != [c] {
+                return Err(config(
+                    "batch norm",
+                    format!("{n} has shape {:?}, expected [{c}]", t.dims()),
+                ));
+            }
+        }
+        if eps <= 0.0 || !(0.0..1.0).contains(&momentum) {
+            return Err(config(
+                "batch norm",
+                format!("eps {eps} must be positive and momentum {momentum} in [0, 1)"),
+            ));
+        }
+        Ok(BatchNorm2d {
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            eps,
+            momentum,
+        })
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.gamma.dim(0).unwrap_or(0)
+    }
+
+    /// gamma.
+    pub fn gamma(&self) -> &Tensor {
+        &self.gamma
+    }
+
+    /// The running variance.
+    pub fn running_var(&self) -> &Var {
+        &self.running_var
+    }
+
+    /// eps.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// Normalises `x`; returns the output and the per-channel scale gamma / sqrt(var + eps) that was
+    /// applied (batch variance, differentiable, in training; running variance at inference). Training
+    /// also updates the running statistics.
+    pub fn normalize(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let (b, c, h, w) = x.dims4()?;
+        let (mean, var) = if train {
+            let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+            let var = x
+                .broadcast_sub(&mean)?
+                .sqr()?
+                .mean_keepdim(0)?
+                .mean_keepdim(2)?
+                .mean_keepdim(3)?;
+            let (mean, var) = (mean.flatten_all()?, var.flatten_all()?);
+            let m = (b * h * w) as f64;
+            let unbiased = m / (m - 1.0).max(1.0);
+            let d = self.momentum;
+            self.running_mean
+                .set(&((self.running_mean.as_tensor() * d)? + (mean.detach() * (1.0 - d))?)?)?;
+            self.running_var.set(
+                &((self.running_var.as_tensor() * d)? + (var.detach() * ((1.0 - d) * unbiased))?)?,
+            )?;
+            (mean, var)
+        } else {
+            (
+                self.running_mean.as_tensor().clone(),
+                self.running_var.as_tensor().clone(),
+            )
+        };
+        let scale = self.gamma.div(&(var + self.eps)?.sqrt()?)?;
+        let shape = (1, c, 1, 1);
+        let y = x
+            .broadcast_sub(&mean.reshape(shape)?)?
+            .broadcast_mul(&scale.reshape(shape)?)?
+            .broadcast_add(&self.beta.reshape(shape)?)?;
+        Ok((y, scale))
+    }
+
+    /// The certified bound at inference: max_c |gamma_c| / sqrt(running_var_c + eps).
+    pub fn certified(&self) -> Result<CertifiedBound> {
+        Ok(norms::batch_norm_inference(
+            &tensor_f64(&self.gamma)?,
+            &tensor_f64(self.running_var.as_tensor())?,
+            self.eps,
+        )?)
+    }
+}
+
+impl LipModule for BatchNorm2d {
+    /// The estimate is the exact max |scale| (differentiable), not a power iteration: for a diagonal map
+    /// it is cheaper and cannot lock onto a wrong coordinate (the authors perturb a vector instead).
+    fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
+        let (y, scale) = self.normalize(x, ctx.train)?;
+        let lip = lip.through(|| Ok(scale.abs()?.max(0)?), || self.certified())?;
+        Ok((y, lip))
+    }
+}

@@ -1,0 +1,236 @@
+//! 2-D convolution, alone or followed by batch normalisation (bounded fused), on its real input size.
+
+use candle_core::{Module, Tensor};
+use lmt_core::{l2_norm, norms, CertifiedBound, ConvGeometry};
+
+use crate::batch_norm::BatchNorm2d;
+use crate::lip::{CertifyMethod, Ctx, Lip, LipModule};
+use crate::{error::config, tensor_f64, Result};
+
+/// Stride and zero padding of a square convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvCfg {
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl Default for ConvCfg {
+    fn default() -> Self {
+        ConvCfg {
+            stride: 1,
+            padding: 0,
+        }
+    }
+}
+
+/// A convolution `(c_out, c_in, k, k)`; `name` keys its power-iteration vector.
+#[derive(Debug, Clone)]
+pub struct LipConv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: ConvCfg,
+    name: String,
+}
+
+impl LipConv2d {
+    /// Builds from a kernel `(c_out, c_in, kh, kw)` and an optional bias `(c_out)`.
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        cfg: ConvCfg,
+        name: impl Into<String>,
+    ) -> Result<Self> {
+        let (co, _, _, _) = weight.dims4().map_err(|_| {
+            config(
+                "conv2d",
+                format!("kernel must be 4-D, got {:?}", weight.dims()),
+            )
+        })?;
+        if cfg.stride == 0 {
+            return Err(config("conv2d", "stride must be positive"));
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [co] {
+                return Err(config(
+                    "conv2d",
+                    format!("bias {:?} for {co} output channels", b.dims()),
+                ));
+            }
+        }
+        Ok(LipConv2d {
+            weight,
+            bias,
+            cfg,
+            name: name.into(),
+        })
+    }
+
+    /// The kernel.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The geometry of this convolution on an input of shape `(_, c, h, w)`.
+    pub fn geometry(&self, input_dims: &[usize]) -> Result<ConvGeometry> {
+        let (co, ci, kh, kw) = self.weight.dims4()?;
+        let &[_, c, h, w] = input_dims else {
+            return Err(config(
+                "conv2d",
+                format!("input must be NCHW, got {input_dims:?}"),
+            ));
+        };
+        if c != ci {
+            return Err(config(
+                "conv2d",
+                format!("input has {c} channels, kernel expects {ci}"),
+            ));
+        }
+        let g = ConvGeometry {
+            c_in: ci,
+            c_out: co,
+            kh,
+            kw,
+            stride: (self.cfg.stride, self.cfg.stride),
+            pad: (self.cfg.padding, self.cfg.padding),
+            in_h: h,
+            in_w: w,
+        };
+        g.validate()?;
+        Ok(g)
+    }
+
+    fn conv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.conv2d(&self.weight, self.cfg.padding, self.cfg.stride, 1, 1)
+    }
+
+    /// The certified bound on an input of shape `input_dims`.
+    pub fn certified(&self, input_dims: &[usize], method: CertifyMethod) -> Result<CertifiedBound> {
+        conv_certified(
+            &self.geometry(input_dims)?,
+            &tensor_f64(&self.weight)?,
+            method,
+        )
+    }
+}
+
+/// The certified norm of a convolution with `kernel` by `method`.
+pub fn conv_certified(
+    g: &ConvGeometry,
+    kernel: &[f64],
+    method: CertifyMethod,
+) -> Result<CertifiedBound> {
+    Ok(match method {
+        CertifyMethod::Auto => {
+            if g.in_dim() * g.out_dim() <= norms::DENSE_MAX_ENTRIES
+                && g.in_dim().min(g.out_dim()) <= norms::DENSE_MAX_SIDE
+            {
+                norms::conv_dense(g, kernel)?
+            } else {
+                norms::conv_fft(g, kernel)?
+            }
+        }
+        CertifyMethod::Dense => norms::conv_dense(g, kernel)?,
+        CertifyMethod::Power(cfg) => norms::conv_power(g, kernel, &cfg)?.bound,
+        CertifyMethod::Fft => norms::conv_fft(g, kernel)?,
+        CertifyMethod::Cor1 => norms::conv_cor1(g, kernel)?,
+        CertifyMethod::Cisse => norms::conv_cisse(g, kernel)?,
+        CertifyMethod::Peck => norms::conv_peck(g, kernel)?,
+    })
+}
+
+impl Module for LipConv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.conv(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+impl LipModule for LipConv2d {
+    fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
+        let y = self.forward(x)?;
+        let lip = lip.through(
+            || {
+                let (_, c, h, w) = x.dims4()?;
+                let u = ctx.vectors()?.get(&self.name, (1, c, h, w), x.device())?;
+                Ok(l2_norm(&self.conv(u.as_tensor())?)?)
+            },
+            || self.certified(x.dims(), ctx.method),
+        )?;
+        Ok((y, lip))
+    }
+}
+
+/// A bias-free convolution followed by batch normalisation, bounded as one linear map: the per-channel
+/// BN scale `gamma / sqrt(var + eps)` is folded into the kernel (batch variance in training, running
+/// variance at inference), which is tighter than bounding the two separately.
+#[derive(Debug, Clone)]
+pub struct ConvBn {
+    conv: LipConv2d,
+    bn: BatchNorm2d,
+}
+
+impl ConvBn {
+    /// Joins a convolution (its bias, if any, is rejected: BN's shift replaces it) and a BN layer.
+    pub fn new(conv: LipConv2d, bn: BatchNorm2d) -> Result<Self> {
+        if conv.bias.is_some() {
+            return Err(config(
+                "conv+BN",
+                "the convolution must have no bias (BN's beta replaces it)",
+            ));
+        }
+        if bn.channels() != conv.weight.dim(0)? {
+            return Err(config(
+                "conv+BN",
+                format!(
+                    "BN has {} channels, conv outputs {}",
+                    bn.channels(),
+                    conv.weight.dim(0)?
+                ),
+            ));
+        }
+        Ok(ConvBn { conv, bn })
+    }
+
+    /// The certified bound of the fused operator (running variance) on an input of shape `input_dims`.
+    pub fn certified(&self, input_dims: &[usize], method: CertifyMethod) -> Result<CertifiedBound> {
+        let g = self.conv.geometry(input_dims)?;
+        let (gamma, var) = (
+            tensor_f64(self.bn.gamma())?,
+            tensor_f64(self.bn.running_var().as_tensor())?,
+        );
+        let fused = norms::fuse_batch_norm(
+            &g,
+            &tensor_f64(&self.conv.weight)?,
+            &gamma,
+            &var,
+            self.bn.eps(),
+        )?;
+        conv_certified(&g, &fused, method)
+    }
+}
+
+impl LipModule for ConvBn {
+    fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
+        let (y, scale) = self.bn.normalize(&self.conv.conv(x)?, ctx.train)?;
+        let lip = lip.through(
+            || {
+                let (_, c, h, w) = x.dims4()?;
+                let u = ctx
+                    .vectors()?
+                    .get(&self.conv.name, (1, c, h, w), x.device())?;
+                let v = self
+                    .conv
+                    .conv(u.as_tensor())?
+                    .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?;
+                Ok(l2_norm(&v)?)
+            },
+            || self.certified(x.dims(), ctx.method),
+        )?;
+        Ok((y, lip))
+    }
+}
