@@ -392,7 +392,12 @@ fn single_layer_dense_bounds_equal_the_forward_jacobian_norm() {
     let net = Net::new(11);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let eval = Ctx::eval(CertifyMethod::Dense);
-    let cases: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor + '_>, Vec<usize>)> = vec![
+    type Case<'a> = (
+        &'static str,
+        Box<dyn Fn(&Tensor) -> Tensor + 'a>,
+        Vec<usize>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "conv s1 p1",
             Box::new(|x: &Tensor| net.conv1.forward_lip(x, Lip::None, &eval).unwrap().0),
