@@ -5,7 +5,18 @@
 //! them with the paper's rules (composition multiplies, addition adds, concatenation takes the root of the
 //! sum of squares, Sec. 5.1). [`LowerBound`] (an empirical lower bound, e.g. from gradient norms) and the
 //! train-time estimate (a candle tensor) have no conversion into it, so an estimate can never be passed where
-//! a certificate needs a bound.
+//! a certificate needs a bound. Both of these fail to compile:
+//!
+//! ```compile_fail
+//! // An empirical lower bound is not a certified bound.
+//! let lower = lmt_core::LowerBound(1.0);
+//! let _ = lmt_core::certify_prop1(&[1.0, 0.0], 2, &[0], &lower);
+//! ```
+//!
+//! ```compile_fail
+//! // Nor can one be made from a bare number outside lmt-core.
+//! let _ = lmt_core::CertifiedBound { value: 1.0, method: lmt_core::BoundMethod::Dense };
+//! ```
 
 use std::fmt;
 

@@ -28,6 +28,7 @@ pub use error::{ModelError, Result};
 pub use linear::LipLinear;
 pub use lip::{CertifyMethod, Ctx, Lip, LipModule};
 pub use pool::{Pool2d, PoolKind};
+pub use residual::{concat, residual_add};
 pub use simple::{Dropout, Flatten, Relu};
 
 mod batch_norm;
@@ -36,6 +37,7 @@ mod error;
 mod linear;
 mod lip;
 mod pool;
+mod residual;
 mod simple;
 
 /// A tensor's values as f64, row-major, for the certified computations.

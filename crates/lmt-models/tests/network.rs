@@ -98,8 +98,8 @@ impl Net {
     /// Features below the last layer and the bound carried to them.
     fn features(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> (Tensor, Lip) {
         let (h, lip) = forward_seq(&[&self.conv1, &Relu], x, lip, ctx).unwrap();
-        let (r, lip_r) = self.res.forward_lip(&h, lip.clone(), ctx).unwrap();
-        let (h, lip) = ((h + r).unwrap(), lip.plus(lip_r).unwrap());
+        let branch = self.res.forward_lip(&h, lip.clone(), ctx).unwrap();
+        let (h, lip) = residual_add((h, lip), branch).unwrap();
         forward_seq(
             &[
                 &self.pool1,
@@ -459,4 +459,37 @@ fn single_layer_dense_bounds_equal_the_forward_jacobian_norm() {
         truth <= thm3 + 1e-6 && truth > 0.9 * thm3,
         "avg pool: {truth} vs Thm. 3 {thm3}"
     );
+}
+
+#[test]
+fn concatenation_bound_covers_the_stacked_operator() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let a = LipLinear::new(randn(&mut rng, &[3, 5], 1.0), None, "a").unwrap();
+    let b = LipLinear::new(randn(&mut rng, &[4, 5], 1.0), None, "b").unwrap();
+    let ctx = Ctx::eval(CertifyMethod::Dense);
+    let x = randn(&mut rng, &[1, 5], 1.0);
+    let one = || Lip::Certified(CertifiedBound::one());
+    let (y, lip) = concat(
+        a.forward_lip(&x, one(), &ctx).unwrap(),
+        b.forward_lip(&x, one(), &ctx).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(y.dims(), [1, 7]);
+    let stacked = Tensor::cat(&[a.weight(), b.weight()], 0).unwrap();
+    let exact = LipLinear::new(stacked, None, "ab")
+        .unwrap()
+        .certified(CertifyMethod::Dense)
+        .unwrap()
+        .value();
+    let bound = lip.certified().unwrap().value();
+    let (la, lb) = (
+        a.certified(CertifyMethod::Dense).unwrap().value(),
+        b.certified(CertifyMethod::Dense).unwrap().value(),
+    );
+    assert!(
+        (bound - la.hypot(lb)).abs() < 1e-12 && bound >= exact * (1.0 - 1e-9),
+        "{bound} vs stacked {exact}"
+    );
+    // Mixing kinds is an error, not a silent drop of the bound.
+    assert!(residual_add((x.clone(), Lip::None), (x, one())).is_err());
 }
