@@ -102,10 +102,10 @@ pub fn lmt_logits_prop2(
         let hot = one_hot(labels, k)?;
         let target = (logits * &hot)?.sum_keepdim(1)?;
         let m = target.broadcast_sub(logits)?;
-        let f = (m / add.clamp(1e-30f32, f32::MAX)?)?
-            .clamp(0f32, 1f32)?
-            .min_keepdim(1)?
-            .detach();
+        // f_bi = m_bi / L_bi clipped to [0, 1]; the target's own entry (m = L = 0) counts as 1, as in the
+        // authors' kernel (m >= L), so it never forces f_b to 0.
+        let ratio = (m / add.clamp(1e-30f32, f32::MAX)?)?.clamp(0f32, 1f32)?;
+        let f = (ratio + hot)?.clamp(0f32, 1f32)?.min_keepdim(1)?.detach();
         add = add.broadcast_mul(&f)?;
     }
     Ok((logits + add)?)

@@ -195,6 +195,28 @@ fn prop2_logits_use_pairwise_weight_distances() {
     assert!((out[0][1] - (1.0 + 2.0 * 2f32.sqrt())).abs() < 1e-5);
     assert!((out[0][2] - (0.0 + 2.0 * 20f32.sqrt())).abs() < 1e-5);
     assert_eq!(out[0][0], 5.0);
+    // Capped: margins 4 and 5 against required 2.83 and 8.94; f = min(1, 5 / 8.94) = 0.559.
+    let capped: Vec<Vec<f32>> = lmt_logits_prop2(&z, &y, &cl, &w, true)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let f = 5.0 / (2.0 * 20f32.sqrt());
+    assert!(
+        (capped[0][1] - (1.0 + f * 2.0 * 2f32.sqrt())).abs() < 1e-5,
+        "{capped:?}"
+    );
+    assert!(
+        (capped[0][2] - 5.0).abs() < 1e-5,
+        "the binding class reaches exactly the target: {capped:?}"
+    );
+    assert_eq!(capped[0][0], 5.0);
+    // Misclassified: nothing is added.
+    let zm = t2(&[0.0, 1.0, 0.0], 1, 3);
+    let out: Vec<Vec<f32>> = lmt_logits_prop2(&zm, &y, &cl, &w, true)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert_eq!(out, vec![vec![0.0, 1.0, 0.0]]);
 }
 
 #[test]

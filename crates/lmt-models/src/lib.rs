@@ -25,6 +25,8 @@
 pub use batch_norm::BatchNorm2d;
 pub use conv::{conv_certified, ConvBn, ConvCfg, LipConv2d};
 pub use error::{ModelError, Result};
+pub use init::{param, Init};
+pub use kolter_wong::{KolterWong, Output};
 pub use linear::LipLinear;
 pub use lip::{CertifyMethod, Ctx, Lip, LipModule};
 pub use pool::{Pool2d, PoolKind};
@@ -34,6 +36,8 @@ pub use simple::{Dropout, Flatten, Relu};
 mod batch_norm;
 mod conv;
 mod error;
+mod init;
+mod kolter_wong;
 mod linear;
 mod lip;
 mod pool;

@@ -1,0 +1,106 @@
+//! The Kolter-Wong MNIST CNN as the authors build it (reference 4.1): conv 1->16 4x4 s2 p1, ReLU,
+//! conv 16->32 4x4 s2 p1, ReLU, flatten, fc 1568->100, ReLU, fc 100->10; He-normal convolutions,
+//! LeCun-normal fully connected layers, zero biases. Parameter names (`conv1.weight`, ..., `fc2.bias`)
+//! match a PyTorch module with attributes `conv1`, `conv2`, `fc1`, `fc2`.
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+
+use crate::init::{param, Init};
+use crate::lip::{Ctx, Lip, LipModule};
+use crate::{forward_seq, ConvCfg, Flatten, LipConv2d, LipLinear, Relu, Result};
+
+/// The network; the last layer is kept apart for Prop. 2.
+#[derive(Debug, Clone)]
+pub struct KolterWong {
+    conv1: LipConv2d,
+    conv2: LipConv2d,
+    fc1: LipLinear,
+    fc2: LipLinear,
+}
+
+/// What one forward pass returns.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Logits `(B, 10)`.
+    pub logits: Tensor,
+    /// Bound of the network below the last layer (L_sub of Prop. 2).
+    pub l_sub: Lip,
+    /// Bound of the whole network (Prop. 1).
+    pub l: Lip,
+}
+
+impl KolterWong {
+    /// Creates the parameters in `varmap`, initialised deterministically from `seed`.
+    pub fn new(varmap: &VarMap, seed: u64, device: &Device) -> Result<Self> {
+        let s2 = ConvCfg {
+            stride: 2,
+            padding: 1,
+        };
+        let conv = |name: &str, ci: usize, co: usize| -> Result<LipConv2d> {
+            let w = param(
+                varmap,
+                &format!("{name}.weight"),
+                (co, ci, 4, 4),
+                Init::HeNormal { fan_in: ci * 16 },
+                seed,
+                device,
+            )?;
+            let b = param(
+                varmap,
+                &format!("{name}.bias"),
+                co,
+                Init::Const(0.0),
+                seed,
+                device,
+            )?;
+            LipConv2d::new(w, Some(b), s2, name)
+        };
+        let fc = |name: &str, i: usize, o: usize| -> Result<LipLinear> {
+            let w = param(
+                varmap,
+                &format!("{name}.weight"),
+                (o, i),
+                Init::LecunNormal { fan_in: i },
+                seed,
+                device,
+            )?;
+            let b = param(
+                varmap,
+                &format!("{name}.bias"),
+                o,
+                Init::Const(0.0),
+                seed,
+                device,
+            )?;
+            LipLinear::new(w, Some(b), name)
+        };
+        Ok(KolterWong {
+            conv1: conv("conv1", 1, 16)?,
+            conv2: conv("conv2", 16, 32)?,
+            fc1: fc("fc1", 1568, 100)?,
+            fc2: fc("fc2", 100, 10)?,
+        })
+    }
+
+    /// Forward pass of a batch `(B, 1, 28, 28)` carrying `lip` (start it at 1, or at c in training).
+    pub fn forward(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<Output> {
+        let layers: [&dyn LipModule; 7] = [
+            &self.conv1,
+            &Relu,
+            &self.conv2,
+            &Relu,
+            &Flatten,
+            &self.fc1,
+            &Relu,
+        ];
+        let (h, l_sub) = forward_seq(&layers, x, lip, ctx)?;
+        let (logits, l) = self.fc2.forward_lip(&h, l_sub.clone(), ctx)?;
+        Ok(Output { logits, l_sub, l })
+    }
+
+    /// The last layer's weight `(10, 100)`, whose rows enter Prop. 2.
+    pub fn last_weight(&self) -> &Tensor {
+        self.fc2.weight()
+    }
+}
