@@ -1,0 +1,166 @@
+//! Analysis and outputs for lmt-rs. For now: the [`Manifest`] every generated result carries, written
+//! atomically beside it. Tables (polars) and figures (plotters) of the paper's Section 6 land here next.
+//!
+//! **Invariant:** the only crate (besides `experiments`) that writes result files.
+#![deny(missing_docs)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Failure to write an output.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnalysisError {
+    /// An I/O error on a named file.
+    #[error(
+        "cannot write {path}: {source}; check that the directory is writable and the disk not full"
+    )]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Serialisation failed.
+    #[error("cannot serialise {what}: {source}")]
+    Json {
+        /// What was serialised.
+        what: &'static str,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Result alias of lmt-analysis.
+pub type Result<T> = std::result::Result<T, AnalysisError>;
+
+/// The provenance of one generated result: enough to regenerate it and to know what it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The experiment (e.g. `fig4`, `train mnist_lmt_c1`).
+    pub experiment: String,
+    /// `smoke`, `quick` or `paper`; anything but `paper` is a reduced run.
+    pub profile: String,
+    /// True when budgets are below the paper's; every output of such a run says so.
+    pub reduced: bool,
+    /// The resolved configuration, as text.
+    pub config: String,
+    /// `git describe --always --dirty` of the code that ran.
+    pub git_revision: String,
+    /// The seed.
+    pub seed: u64,
+    /// Data set name as written in outputs (a stand-in says so, e.g. `mnist-padded-32x32x3 (stand-in for svhn)`).
+    pub dataset: String,
+    /// Digests of the data files read.
+    pub data_checksums: Vec<String>,
+    /// Machine description (OS, architecture, cores).
+    pub machine: String,
+    /// Wall time of the run in seconds.
+    pub wall_seconds: f64,
+    /// The exact command line.
+    pub command: String,
+}
+
+impl Manifest {
+    /// The machine this process runs on, in words.
+    pub fn this_machine() -> String {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        format!(
+            "{} {} , {cores} logical cores",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )
+    }
+
+    /// The current git revision of `repo` (`unknown` outside a git checkout).
+    pub fn git_revision(repo: &Path) -> String {
+        std::process::Command::new("git")
+            .args(["describe", "--always", "--dirty"])
+            .current_dir(repo)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "unknown".to_string())
+    }
+
+    /// Writes the manifest as pretty JSON to `path`, atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(|source| AnalysisError::Json {
+            what: "manifest",
+            source,
+        })?;
+        write_atomic(path, &json)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a reader
+/// (or a crash) never sees a half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| AnalysisError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_round_trips_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/manifest.json");
+        let m = Manifest {
+            experiment: "fig3".into(),
+            profile: "smoke".into(),
+            reduced: true,
+            config: "epochs: 1".into(),
+            git_revision: Manifest::git_revision(Path::new(env!("CARGO_MANIFEST_DIR"))),
+            seed: 3,
+            dataset: "mnist".into(),
+            data_checksums: vec!["sha256 ab".into()],
+            machine: Manifest::this_machine(),
+            wall_seconds: 1.5,
+            command: "experiments fig3".into(),
+        };
+        m.write(&path).unwrap();
+        let back: Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, m);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["manifest.json"]);
+    }
+
+    #[test]
+    fn unwritable_path_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"x").unwrap();
+        let e = write_atomic(&blocker.join("out.json"), b"{}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out.json") && e.contains("cannot write"), "{e}");
+    }
+}

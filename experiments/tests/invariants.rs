@@ -1,0 +1,52 @@
+//! The architecture's dependency invariants, checked on the crates' manifests.
+
+use std::path::Path;
+
+fn deps(krate: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let toml = std::fs::read_to_string(root.join("crates").join(krate).join("Cargo.toml")).unwrap();
+    // Normal dependencies only: what follows [dependencies] up to the next table.
+    let start = toml
+        .find("[dependencies]")
+        .map(|i| i + 14)
+        .unwrap_or(toml.len());
+    let rest = &toml[start..];
+    rest[..rest.find("\n[").unwrap_or(rest.len())].to_string()
+}
+
+#[test]
+fn data_and_core_depend_on_nothing_of_ours() {
+    for krate in ["lmt-data", "lmt-core"] {
+        assert!(
+            !deps(krate).contains("lmt-"),
+            "{krate} depends on another lmt crate:\n{}",
+            deps(krate)
+        );
+    }
+    assert!(
+        !deps("lmt-data").contains("candle"),
+        "lmt-data must not depend on a tensor library"
+    );
+}
+
+#[test]
+fn attacks_never_depend_on_models_and_models_only_on_core() {
+    assert!(!deps("lmt-attacks").contains("lmt-models"));
+    let models = deps("lmt-models");
+    assert!(
+        models.contains("lmt-core")
+            && !models.contains("lmt-attacks")
+            && !models.contains("lmt-analysis")
+    );
+}
+
+#[test]
+fn only_analysis_knows_polars_and_plotters_and_only_experiments_knows_clap_and_yaml() {
+    for krate in ["lmt-data", "lmt-core", "lmt-models", "lmt-attacks"] {
+        let d = deps(krate);
+        for heavy in ["polars", "plotters", "clap", "serde_norway"] {
+            assert!(!d.contains(heavy), "{krate} depends on {heavy}");
+        }
+    }
+    assert!(!deps("lmt-analysis").contains("clap"));
+}
