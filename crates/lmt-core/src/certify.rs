@@ -51,9 +51,10 @@ pub struct Certificate {
 }
 
 impl Certificate {
-    /// True when the input is certified at L2 radius `eps`: robust to every perturbation of norm < eps.
+    /// True when the input is certified at L2 size `eps`: every perturbation of norm < eps keeps the
+    /// prediction (eps <= radius). A radius of 0 is never certified, not even at eps = 0.
     pub fn certified_at(&self, eps: f64) -> bool {
-        self.radius > eps || (eps == 0.0 && self.radius > 0.0)
+        self.radius > 0.0 && eps <= self.radius
     }
 }
 

@@ -53,6 +53,7 @@ fn ties_nan_and_misclassified_inputs_get_radius_zero() {
     }
     let c = certify_prop1(&logits, 3, &labels, &one()).unwrap();
     assert!((c[4].radius - 2.0 / 2f64.sqrt()).abs() < 1e-12);
+    assert!(c[4].certified_at(c[4].radius) && !c[4].certified_at(c[4].radius * 1.000001));
     assert_eq!(
         (c[4].proposition, c[4].method),
         (Proposition::One, BoundMethod::ClosedForm)
