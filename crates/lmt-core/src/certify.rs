@@ -96,6 +96,38 @@ fn margin_of(z: &[f32], t: usize) -> Option<(f64, usize)> {
     Some((z[t] as f64 - other, pred))
 }
 
+/// Builds one certificate per input: non-finite logits, misclassification and ties get radius 0; otherwise
+/// `radius(z, t, margin)` gives it.
+fn certify_rows(
+    logits: &[f32],
+    classes: usize,
+    labels: &[usize],
+    proposition: Proposition,
+    bound: &CertifiedBound,
+    radius: impl Fn(&[f32], usize, f64) -> f64,
+) -> Vec<Certificate> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(b, &t)| {
+            let z = &logits[b * classes..][..classes];
+            let (margin, prediction, radius) = match margin_of(z, t) {
+                None => (f64::NAN, None, 0.0),
+                Some((m, p)) if m > 0.0 => (m, Some(p), radius(z, t, m)),
+                Some((m, p)) => (m, Some(p), 0.0),
+            };
+            Certificate {
+                label: t,
+                prediction,
+                margin,
+                radius,
+                proposition,
+                method: bound.method(),
+            }
+        })
+        .collect()
+}
+
 /// Prop. 1 certificates for row-major `logits` (`labels.len() x classes`) under a whole-network bound.
 pub fn certify_prop1(
     logits: &[f32],
@@ -104,30 +136,15 @@ pub fn certify_prop1(
     lipschitz: &CertifiedBound,
 ) -> Result<Vec<Certificate>> {
     check(logits, classes, labels)?;
-    Ok(labels
-        .iter()
-        .enumerate()
-        .map(|(b, &t)| {
-            let (margin, prediction, radius) = match margin_of(&logits[b * classes..][..classes], t)
-            {
-                None => (f64::NAN, None, 0.0),
-                Some((m, p)) if m > 0.0 => (
-                    m,
-                    Some(p),
-                    m / (std::f64::consts::SQRT_2 * lipschitz.value()),
-                ),
-                Some((m, p)) => (m, Some(p), 0.0),
-            };
-            Certificate {
-                label: t,
-                prediction,
-                margin,
-                radius,
-                proposition: Proposition::One,
-                method: lipschitz.method(),
-            }
-        })
-        .collect())
+    let radius = |_: &[f32], _: usize, m: f64| m / (std::f64::consts::SQRT_2 * lipschitz.value());
+    Ok(certify_rows(
+        logits,
+        classes,
+        labels,
+        Proposition::One,
+        lipschitz,
+        radius,
+    ))
 }
 
 /// Prop. 2 certificates: `l_sub` bounds the network below the last linear layer, whose row-major weight
@@ -158,37 +175,25 @@ pub fn certify_prop2(
             .sum::<f64>()
             .sqrt()
     };
-    Ok(labels
-        .iter()
-        .enumerate()
-        .map(|(b, &t)| {
-            let z = &logits[b * classes..][..classes];
-            let (margin, prediction, radius) = match margin_of(z, t) {
-                None => (f64::NAN, None, 0.0),
-                Some((m, p)) if m > 0.0 => {
-                    let r = (0..classes)
-                        .filter(|&i| i != t)
-                        .map(|i| {
-                            let d = l_sub.value() * dist(t, i);
-                            if d > 0.0 {
-                                (z[t] as f64 - z[i] as f64) / d
-                            } else {
-                                f64::INFINITY
-                            }
-                        })
-                        .fold(f64::INFINITY, f64::min);
-                    (m, Some(p), r)
+    let radius = |z: &[f32], t: usize, _: f64| {
+        (0..classes)
+            .filter(|&i| i != t)
+            .map(|i| {
+                let d = l_sub.value() * dist(t, i);
+                if d > 0.0 {
+                    (z[t] as f64 - z[i] as f64) / d
+                } else {
+                    f64::INFINITY
                 }
-                Some((m, p)) => (m, Some(p), 0.0),
-            };
-            Certificate {
-                label: t,
-                prediction,
-                margin,
-                radius,
-                proposition: Proposition::Two,
-                method: l_sub.method(),
-            }
-        })
-        .collect())
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    Ok(certify_rows(
+        logits,
+        classes,
+        labels,
+        Proposition::Two,
+        l_sub,
+        radius,
+    ))
 }
