@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod certify;
 mod data_info;
+mod run;
+mod train;
 
 /// Lipschitz-margin training and certification (Tsuzuku, Sato and Sugiyama, NeurIPS 2018) in Rust.
 #[derive(Debug, Parser)]
@@ -44,6 +47,10 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Train one paper config (experiments/configs/*.yaml) under a profile.
+    Train(train::TrainArgs),
+    /// Certify every test input of a trained checkpoint (per-input CSV and a summary).
+    Certify(certify::CertifyArgs),
 }
 
 fn main() {
@@ -62,5 +69,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::DataInfo { data } => data_info::run(&data),
+        Command::Train(args) => train::run(&args),
+        Command::Certify(args) => certify::run(&args),
     }
 }

@@ -19,6 +19,15 @@ pub struct KolterWong {
     fc2: LipLinear,
 }
 
+/// A network that classifies images and carries its Lipschitz number: what training, certification and
+/// attacks need from a model.
+pub trait Classifier {
+    /// Logits plus the bound below the last layer (L_sub) and of the whole network (L).
+    fn forward(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<Output>;
+    /// The last linear layer's weight `(classes, features)`, for Prop. 2.
+    fn last_weight(&self) -> &Tensor;
+}
+
 /// What one forward pass returns.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -82,9 +91,11 @@ impl KolterWong {
             fc2: fc("fc2", 100, 10)?,
         })
     }
+}
 
+impl Classifier for KolterWong {
     /// Forward pass of a batch `(B, 1, 28, 28)` carrying `lip` (start it at 1, or at c in training).
-    pub fn forward(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<Output> {
+    fn forward(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<Output> {
         let layers: [&dyn LipModule; 7] = [
             &self.conv1,
             &Relu,
@@ -100,7 +111,7 @@ impl KolterWong {
     }
 
     /// The last layer's weight `(10, 100)`, whose rows enter Prop. 2.
-    pub fn last_weight(&self) -> &Tensor {
+    fn last_weight(&self) -> &Tensor {
         self.fc2.weight()
     }
 }

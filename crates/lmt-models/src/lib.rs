@@ -26,7 +26,7 @@ pub use batch_norm::BatchNorm2d;
 pub use conv::{conv_certified, ConvBn, ConvCfg, LipConv2d};
 pub use error::{ModelError, Result};
 pub use init::{param, Init};
-pub use kolter_wong::{KolterWong, Output};
+pub use kolter_wong::{Classifier, KolterWong, Output};
 pub use linear::LipLinear;
 pub use lip::{CertifyMethod, Ctx, Lip, LipModule};
 pub use pool::{Pool2d, PoolKind};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use lmt_core::{cross_entropy, lmt_logits_prop2, CertifiedBound, LipEstimate, PowerVectors};
-use lmt_models::{CertifyMethod, Ctx, KolterWong, Lip};
+use lmt_models::{CertifyMethod, Classifier, Ctx, KolterWong, Lip};
 
 const DEV: Device = Device::Cpu;
 

@@ -1,0 +1,109 @@
+//! Checkpoints: one safetensors file holding everything a bit-identical resume needs.
+//!
+//! Keys: the model's parameters under their own names (`conv1.weight`, ..., as in a PyTorch
+//! `state_dict`, so PyTorch can load them with `strict=False`), `optim.m.<name>` / `optim.v.<name>`,
+//! `power.<layer>` (the persistent power-iteration vectors), and `meta.step` / `meta.epoch` /
+//! `meta.batch` (f64 scalars). Batch order and c schedule are pure functions of (seed, step), so no other
+//! random state exists. Written to a temporary file and renamed, so a crash never leaves half a file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use lmt_core::PowerVectors;
+
+use crate::error::{Result, TrainError};
+use crate::optim::Optimizer;
+
+/// Where training stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// Global steps done.
+    pub step: usize,
+    /// Epoch in progress (0-based).
+    pub epoch: usize,
+    /// Batches of that epoch already done.
+    pub batch: usize,
+}
+
+/// Writes a checkpoint atomically.
+pub fn save(path: &Path, opt: &Optimizer, vectors: &PowerVectors, pos: Position) -> Result<()> {
+    let mut map: HashMap<String, Tensor> = HashMap::new();
+    for (i, (name, p)) in opt.params().iter().enumerate() {
+        map.insert(name.clone(), p.as_tensor().clone());
+        map.insert(format!("optim.m.{name}"), opt.m[i].clone());
+        map.insert(format!("optim.v.{name}"), opt.v[i].clone());
+    }
+    for (name, v) in vectors.all() {
+        map.insert(format!("power.{name}"), v.as_tensor().clone());
+    }
+    let dev = Device::Cpu;
+    for (k, v) in [
+        ("meta.step", pos.step),
+        ("meta.epoch", pos.epoch),
+        ("meta.batch", pos.batch),
+        ("meta.t", opt.t as usize),
+    ] {
+        map.insert(k.to_string(), Tensor::new(v as f64, &dev)?);
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&map, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Restores parameters, optimiser state and power vectors from `path`; returns the position.
+pub fn load(path: &Path, opt: &mut Optimizer, vectors: &PowerVectors) -> Result<Position> {
+    let err = |detail: String| TrainError::Checkpoint {
+        path: PathBuf::from(path),
+        detail,
+    };
+    if !path.is_file() {
+        return Err(err(
+            "not found; pass the checkpoint.safetensors written by `experiments train`".into(),
+        ));
+    }
+    let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        err(format!(
+            "cannot read ({e}); the file is corrupt or not a safetensors checkpoint"
+        ))
+    })?;
+    let get = |k: &str| {
+        map.get(k).ok_or_else(|| {
+            err(format!(
+                "has no tensor `{k}`; was it written for another model or config?"
+            ))
+        })
+    };
+    let names: Vec<String> = opt.params().iter().map(|(n, _)| n.clone()).collect();
+    for (i, name) in names.iter().enumerate() {
+        let p = &opt.params()[i].1;
+        let saved = get(name)?;
+        if saved.dims() != p.dims() {
+            return Err(err(format!(
+                "`{name}` has shape {:?}, the model needs {:?}",
+                saved.dims(),
+                p.dims()
+            )));
+        }
+        p.set(saved)?;
+        opt.m[i] = get(&format!("optim.m.{name}"))?.clone();
+        opt.v[i] = get(&format!("optim.v.{name}"))?.clone();
+    }
+    for (k, v) in &map {
+        if let Some(layer) = k.strip_prefix("power.") {
+            vectors.insert(layer, v)?;
+        }
+    }
+    let meta = |k: &str| -> Result<usize> {
+        Ok(get(k)?.to_dtype(DType::F64)?.to_scalar::<f64>()? as usize)
+    };
+    opt.t = meta("meta.t")? as u64;
+    Ok(Position {
+        step: meta("meta.step")?,
+        epoch: meta("meta.epoch")?,
+        batch: meta("meta.batch")?,
+    })
+}

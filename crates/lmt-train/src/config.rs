@@ -1,0 +1,276 @@
+//! One flat training configuration per paper run, read from YAML by `experiments`, and the profiles that
+//! scale its budget without touching the method.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{config_err, Result};
+
+/// A paper run: what to train and how. Unknown keys are rejected when parsing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run name, used in output paths.
+    pub name: String,
+    /// What the run should reproduce, in words (e.g. the paper's number).
+    #[serde(default)]
+    pub reproduces: String,
+    /// Data set: `mnist` (others follow with the WRN).
+    pub dataset: String,
+    /// Model: `kolter_wong`.
+    pub model: String,
+    /// Training method.
+    pub method: Method,
+    /// The optimiser, with the authors' update formulas.
+    pub optimizer: OptimizerConfig,
+    /// L2 weight decay added to every gradient (Chainer's WeightDecay hook); 0 in every MNIST run.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Epochs over the training set.
+    pub epochs: usize,
+    /// Seed of initial weights, batch order and power-iteration vectors.
+    #[serde(default)]
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and at every epoch end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Budget overrides by profile name (`smoke`, `quick`, `paper`).
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+fn default_checkpoint_every() -> usize {
+    500
+}
+
+/// The training method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Method {
+    /// Softmax cross-entropy (plus weight decay if configured).
+    Plain,
+    /// Lipschitz-margin training.
+    Lmt {
+        /// 1 (whole-network bound) or 2 (per class pair through the last layer; the paper's runs).
+        proposition: u8,
+        /// The authors' per-sample capping of the added margin (true in their code).
+        capped: bool,
+        /// Target robustness c.
+        c: f64,
+        /// c at step 0; c grows linearly to `c` over `warmup_epochs` (the authors: 1e-5 over 5 on SVHN).
+        #[serde(default)]
+        c_start: Option<f64>,
+        /// Epochs of linear warm-up (0: c from the start, as on MNIST).
+        #[serde(default)]
+        warmup_epochs: f64,
+    },
+}
+
+/// Optimiser and learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// Adam (beta1 0.9, beta2 0.999, eps 1e-8), Chainer's formula.
+    Adam {
+        /// alpha.
+        lr: f64,
+    },
+    /// Nesterov accelerated gradient, Chainer's formula, with step drops of the learning rate.
+    Nesterov {
+        /// Initial learning rate.
+        lr: f64,
+        /// Momentum mu.
+        momentum: f64,
+        /// Epochs after which the rate is multiplied by `drop_ratio`.
+        #[serde(default)]
+        drop_epochs: Vec<usize>,
+        /// Factor applied at each drop.
+        #[serde(default = "default_drop")]
+        drop_ratio: f64,
+    },
+}
+
+fn default_drop() -> f64 {
+    0.1
+}
+
+/// Budget overrides of one profile; a missing value keeps the config's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Epochs.
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// Train on the first this many training images.
+    #[serde(default)]
+    pub train_subset: Option<usize>,
+    /// Evaluate on the first this many test images.
+    #[serde(default)]
+    pub test_subset: Option<usize>,
+}
+
+/// A validated config with a profile applied: what the loop runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The config as given.
+    pub config: TrainConfig,
+    /// The profile's name.
+    pub profile: String,
+    /// Epochs after the profile.
+    pub epochs: usize,
+    /// Training images used (None: all).
+    pub train_subset: Option<usize>,
+    /// Test images used for per-epoch accuracy (None: all).
+    pub test_subset: Option<usize>,
+    /// True when the profile reduces the config's budget: every output must say so.
+    pub reduced: bool,
+}
+
+impl TrainConfig {
+    /// Checks every value and applies `profile`; errors name the key.
+    pub fn plan(&self, profile: &str) -> Result<Plan> {
+        if !["mnist"].contains(&self.dataset.as_str()) {
+            return Err(config_err(
+                "dataset",
+                format!("`{}` is not supported; use `mnist`", self.dataset),
+            ));
+        }
+        if !["kolter_wong"].contains(&self.model.as_str()) {
+            return Err(config_err(
+                "model",
+                format!("`{}` is not supported; use `kolter_wong`", self.model),
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(config_err("batch_size", "must be positive"));
+        }
+        if self.epochs == 0 {
+            return Err(config_err("epochs", "must be positive"));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(config_err("checkpoint_every", "must be positive"));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(config_err(
+                "weight_decay",
+                format!("must be finite and >= 0, got {}", self.weight_decay),
+            ));
+        }
+        match &self.optimizer {
+            OptimizerConfig::Adam { lr } => positive("optimizer.lr", *lr)?,
+            OptimizerConfig::Nesterov {
+                lr,
+                momentum,
+                drop_ratio,
+                ..
+            } => {
+                positive("optimizer.lr", *lr)?;
+                if !(0.0..1.0).contains(momentum) {
+                    return Err(config_err(
+                        "optimizer.momentum",
+                        format!("must lie in [0, 1), got {momentum}"),
+                    ));
+                }
+                positive("optimizer.drop_ratio", *drop_ratio)?;
+            }
+        }
+        if let Method::Lmt {
+            proposition,
+            c,
+            c_start,
+            warmup_epochs,
+            ..
+        } = &self.method
+        {
+            if !matches!(proposition, 1 | 2) {
+                return Err(config_err(
+                    "method.proposition",
+                    format!("must be 1 or 2, got {proposition}"),
+                ));
+            }
+            positive("method.c", *c)?;
+            if let Some(c0) = c_start {
+                positive("method.c_start", *c0)?;
+            }
+            if !(*warmup_epochs >= 0.0 && warmup_epochs.is_finite()) {
+                return Err(config_err(
+                    "method.warmup_epochs",
+                    "must be finite and >= 0",
+                ));
+            }
+        }
+        let p = match self.profiles.get(profile) {
+            Some(p) => p.clone(),
+            None if profile == "paper" => Profile::default(),
+            None => {
+                let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+                return Err(config_err("profiles", format!("no profile `{profile}` in `{}`; it has {known:?} (and `paper`, the config as written)", self.name)));
+            }
+        };
+        if p.epochs == Some(0) || p.train_subset == Some(0) || p.test_subset == Some(0) {
+            return Err(config_err(
+                &format!("profiles.{profile}"),
+                "epochs and subsets must be positive",
+            ));
+        }
+        let epochs = p.epochs.unwrap_or(self.epochs);
+        let reduced = epochs < self.epochs || p.train_subset.is_some() || p.test_subset.is_some();
+        Ok(Plan {
+            config: self.clone(),
+            profile: profile.to_string(),
+            epochs,
+            train_subset: p.train_subset,
+            test_subset: p.test_subset,
+            reduced,
+        })
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<()> {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(config_err(
+            key,
+            format!("must be positive and finite, got {v}"),
+        ))
+    }
+}
+
+/// c at fractional epoch `epoch_detail`: linear from `c_start` to `c` over `warmup_epochs` (the authors'
+/// GoyalSchedule), then constant. A pure function of the step, so resuming needs no state.
+pub fn c_schedule(method: &Method, epoch_detail: f64) -> f64 {
+    match method {
+        Method::Plain => 0.0,
+        Method::Lmt {
+            c,
+            c_start,
+            warmup_epochs,
+            ..
+        } => {
+            let c0 = c_start.unwrap_or(*c);
+            if *warmup_epochs <= 0.0 || epoch_detail >= *warmup_epochs {
+                *c
+            } else {
+                let f = epoch_detail / warmup_epochs;
+                c * f + c0 * (1.0 - f)
+            }
+        }
+    }
+}
+
+/// The learning rate after `epochs_done` completed epochs.
+pub fn lr_schedule(opt: &OptimizerConfig, epochs_done: usize) -> f64 {
+    match opt {
+        OptimizerConfig::Adam { lr } => *lr,
+        OptimizerConfig::Nesterov {
+            lr,
+            drop_epochs,
+            drop_ratio,
+            ..
+        } => lr * drop_ratio.powi(drop_epochs.iter().filter(|&&e| epochs_done >= e).count() as i32),
+    }
+}

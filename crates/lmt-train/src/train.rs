@@ -1,0 +1,350 @@
+//! The training loop: one straight loop for every method (plain and LMT so far).
+//!
+//! Per step: c and the learning rate as pure functions of the step, forward with the train-time estimate
+//! when LMT is on, the LMT logits, cross-entropy, backward, a finiteness check, the optimiser update, and
+//! one power-iteration step (u <- its gradient). Per epoch: test accuracy, a CSV row and a checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use indicatif::{ProgressBar, ProgressStyle};
+use lmt_core::{cross_entropy, lmt_logits_prop1, lmt_logits_prop2, LipEstimate, PowerVectors};
+use lmt_data::{Dataset, ImageSet};
+use lmt_models::{CertifyMethod, Classifier, Ctx, Lip};
+
+use crate::checkpoint::{self, Position};
+use crate::config::{c_schedule, lr_schedule, Method, Plan};
+use crate::error::{Result, TrainError};
+use crate::optim::Optimizer;
+
+/// Switches of one invocation (not part of the config).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Continue from `<out>/checkpoint.safetensors` if it exists.
+    pub resume: bool,
+    /// Stop (with a checkpoint) after this many global steps; for tests and interrupted runs.
+    pub stop_after_steps: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// One row of `log.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss (the LMT loss for LMT runs).
+    pub train_loss: f64,
+    /// Training accuracy on the clean logits.
+    pub train_accuracy: f64,
+    /// Accuracy on the evaluated test images.
+    pub test_accuracy: f64,
+    /// c at the end of the epoch (0 for plain runs).
+    pub c: f64,
+    /// Train-time estimate of the bound the loss uses (L_sub for Prop. 2, L for Prop. 1), without c;
+    /// NaN for plain runs, which carry no estimate. An estimate, not a certified bound.
+    pub estimated_bound: f64,
+    /// Wall seconds of the epoch (of its resumed part, after a resume).
+    pub seconds: f64,
+}
+
+/// The CSV header of `log.csv`.
+pub const LOG_HEADER: &str =
+    "epoch,train_loss,train_accuracy,test_accuracy,c,estimated_bound,seconds";
+
+impl EpochLog {
+    fn csv(&self) -> String {
+        format!(
+            "{},{:.6},{:.6},{:.6},{},{},{:.3}",
+            self.epoch,
+            self.train_loss,
+            self.train_accuracy,
+            self.test_accuracy,
+            self.c,
+            if self.estimated_bound.is_nan() {
+                String::new()
+            } else {
+                format!("{:.6}", self.estimated_bound)
+            },
+            self.seconds
+        )
+    }
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Rows logged by this invocation.
+    pub epochs: Vec<EpochLog>,
+    /// The checkpoint written last.
+    pub checkpoint: PathBuf,
+    /// Where training stopped.
+    pub position: Position,
+}
+
+/// Images and labels of `idx` as tensors.
+pub fn batch_tensors(set: &ImageSet, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+    let (x, y) = set.batch_f32(idx);
+    let [c, h, w] = set.image_shape();
+    let x = Tensor::from_vec(x, (idx.len(), c, h, w), device)?;
+    let y = Tensor::from_vec(
+        y.iter().map(|&v| v as u32).collect::<Vec<_>>(),
+        idx.len(),
+        device,
+    )?;
+    Ok((x, y))
+}
+
+/// Accuracy of `model` on the first `n` images of `set` (eval mode, no bound).
+pub fn accuracy<M: Classifier>(
+    model: &M,
+    set: &ImageSet,
+    n: usize,
+    device: &Device,
+) -> Result<f64> {
+    let n = n.min(set.len());
+    let mut correct = 0.0;
+    for start in (0..n).step_by(1000) {
+        let idx: Vec<usize> = (start..(start + 1000).min(n)).collect();
+        let (x, y) = batch_tensors(set, &idx, device)?;
+        let logits = model
+            .forward(&x, Lip::None, &Ctx::eval(CertifyMethod::Auto))?
+            .logits;
+        correct += logits
+            .argmax(1)?
+            .eq(&y)?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(correct / n as f64)
+}
+
+/// Trains `model` (whose trainable variables are `params`) on `data` by `plan`, writing
+/// `<out>/checkpoint.safetensors` and `<out>/log.csv`.
+pub fn train<M: Classifier>(
+    plan: &Plan,
+    model: &M,
+    params: Vec<(String, Var)>,
+    data: &Dataset,
+    out: &Path,
+    opts: RunOptions,
+) -> Result<Summary> {
+    let device = Device::Cpu;
+    let cfg = &plan.config;
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let ckpt = out.join("checkpoint.safetensors");
+    let log_path = out.join("log.csv");
+    let vectors = PowerVectors::new(cfg.seed ^ 0x5eed);
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), params)?;
+    let mut rows: Vec<String> = Vec::new();
+    let mut pos = Position::default();
+    if opts.resume && ckpt.is_file() {
+        pos = checkpoint::load(&ckpt, &mut opt, &vectors)?;
+        if let Ok(text) = std::fs::read_to_string(&log_path) {
+            rows = text
+                .lines()
+                .skip(1)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+    }
+    let n_train = plan
+        .train_subset
+        .unwrap_or(data.train.len())
+        .min(data.train.len());
+    let n_test = plan.test_subset.unwrap_or(data.test.len());
+    let steps_per_epoch = n_train.div_ceil(cfg.batch_size);
+    let mut last_ckpt = if pos.step > 0 {
+        ckpt.display().to_string()
+    } else {
+        "none".to_string()
+    };
+    let mut logs = Vec::new();
+
+    'epochs: for epoch in pos.epoch..plan.epochs {
+        let started = Instant::now();
+        let batches = lmt_data::epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch as u64);
+        let bar = if opts.progress {
+            ProgressBar::new(batches.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                .expect("valid template"),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, plan.epochs));
+        bar.set_position(pos.batch as u64);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0.0, 0usize);
+        let (mut c, mut estimate) = (0.0, f64::NAN);
+        for (b, idx) in
+            batches
+                .iter()
+                .enumerate()
+                .skip(if epoch == pos.epoch { pos.batch } else { 0 })
+        {
+            let step = epoch * steps_per_epoch + b + 1;
+            c = c_schedule(&cfg.method, (step - 1) as f64 / steps_per_epoch as f64);
+            let lr = lr_schedule(&cfg.optimizer, epoch);
+            let (x, y) = batch_tensors(&data.train, idx, &device)?;
+            let ctx = Ctx::train(&vectors);
+            let (logits, loss) = match &cfg.method {
+                Method::Plain => {
+                    let out = model.forward(&x, Lip::None, &ctx)?;
+                    let loss = cross_entropy(&out.logits, &y)?;
+                    (out.logits, loss)
+                }
+                Method::Lmt {
+                    proposition,
+                    capped,
+                    ..
+                } => {
+                    let out = model.forward(
+                        &x,
+                        Lip::Estimate(LipEstimate::one(&device)?.scale(c)?),
+                        &ctx,
+                    )?;
+                    let carried = if *proposition == 2 {
+                        &out.l_sub
+                    } else {
+                        &out.l
+                    };
+                    let c_l = carried
+                        .estimate()
+                        .expect("an estimate was carried")
+                        .tensor()
+                        .clone();
+                    estimate = c_l.to_dtype(DType::F64)?.to_scalar::<f64>()? / c;
+                    let z = if *proposition == 2 {
+                        lmt_logits_prop2(&out.logits, &y, &c_l, model.last_weight(), *capped)?
+                    } else {
+                        lmt_logits_prop1(&out.logits, &y, &c_l, *capped)?
+                    };
+                    let loss = cross_entropy(&z, &y)?;
+                    (out.logits, loss)
+                }
+            };
+            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let lmt = matches!(cfg.method, Method::Lmt { .. });
+            for (what, value, checked) in [
+                ("loss", loss_value, true),
+                ("Lipschitz estimate", estimate, lmt),
+            ] {
+                if checked && !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        what,
+                        value,
+                        epoch,
+                        step,
+                        last_checkpoint: last_ckpt,
+                    });
+                }
+            }
+            let grads = loss.backward()?;
+            opt.step(&grads, lr, cfg.weight_decay)?;
+            vectors.refresh(&grads)?;
+            loss_sum += loss_value * idx.len() as f64;
+            correct += logits
+                .argmax(1)?
+                .eq(&y)?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+            seen += idx.len();
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3} c {c:.3e} L_est {estimate:.3}",
+                loss_sum / seen as f64,
+                correct / seen as f64
+            ));
+            pos = Position {
+                step,
+                epoch,
+                batch: b + 1,
+            };
+            let stop = opts.stop_after_steps == Some(step);
+            if step % cfg.checkpoint_every == 0 || stop {
+                save_checked(&ckpt, &opt, &vectors, pos, &mut last_ckpt)?;
+            }
+            if stop {
+                bar.abandon();
+                break 'epochs;
+            }
+        }
+        bar.finish_and_clear();
+        let row = EpochLog {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct / seen.max(1) as f64,
+            test_accuracy: accuracy(model, &data.test, n_test, &device)?,
+            c,
+            estimated_bound: estimate,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        rows.push(row.csv());
+        write_log(&log_path, &rows)?;
+        logs.push(row);
+        pos = Position {
+            step: pos.step,
+            epoch: epoch + 1,
+            batch: 0,
+        };
+        save_checked(&ckpt, &opt, &vectors, pos, &mut last_ckpt)?;
+    }
+    Ok(Summary {
+        epochs: logs,
+        checkpoint: ckpt,
+        position: pos,
+    })
+}
+
+/// Refuses to overwrite the last good checkpoint with non-finite weights.
+fn save_checked(
+    path: &Path,
+    opt: &Optimizer,
+    vectors: &PowerVectors,
+    pos: Position,
+    last: &mut String,
+) -> Result<()> {
+    for (_, p) in opt.params() {
+        let s = p
+            .as_tensor()
+            .abs()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        if !s.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: "weights",
+                value: s,
+                epoch: pos.epoch,
+                step: pos.step,
+                last_checkpoint: last.clone(),
+            });
+        }
+    }
+    checkpoint::save(path, opt, vectors, pos)?;
+    *last = path.display().to_string();
+    Ok(())
+}
+
+fn write_log(path: &Path, rows: &[String]) -> Result<()> {
+    let text = std::iter::once(LOG_HEADER.to_string())
+        .chain(rows.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let tmp = path.with_extension("csv.tmp");
+    let io = |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

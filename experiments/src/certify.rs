@@ -1,0 +1,193 @@
+//! `experiments certify`: certified radius of every test input for a trained checkpoint.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use lmt_analysis::{write_atomic, Manifest};
+use lmt_core::{certify_prop1, certify_prop2, Certificate, CertifiedBound, PowerConfig};
+use lmt_models::{CertifyMethod, Classifier, Ctx, Lip};
+use lmt_train::{batch_tensors, TrainConfig};
+
+use crate::run::{build, git_revision};
+use crate::DataArgs;
+
+/// Flags of `certify`.
+#[derive(Debug, clap::Args)]
+pub struct CertifyArgs {
+    /// The checkpoint.safetensors written by `train` (its config.yaml must sit beside it).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output directory for certificates.csv, summary and manifest (default: the checkpoint's directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Bound method: auto (dense where it fits), dense, power, fft, cor1, cisse, peck.
+    #[arg(long, default_value = "auto")]
+    pub method: String,
+    /// 2 (per class pair, the paper's) or 1 (whole network).
+    #[arg(long, default_value_t = 2)]
+    pub proposition: u8,
+    /// Certify only the first N test images.
+    #[arg(long)]
+    pub test_subset: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+fn method(name: &str) -> Result<CertifyMethod> {
+    Ok(match name {
+        "auto" => CertifyMethod::Auto,
+        "dense" => CertifyMethod::Dense,
+        "power" => CertifyMethod::Power(PowerConfig::default()),
+        "fft" => CertifyMethod::Fft,
+        "cor1" => CertifyMethod::Cor1,
+        "cisse" => CertifyMethod::Cisse,
+        "peck" => CertifyMethod::Peck,
+        other => bail!("--method {other}: use one of auto, dense, power, fft, cor1, cisse, peck"),
+    })
+}
+
+/// Writes `certificates.csv` (index, label, prediction, margin, radius, proposition, bound_method) and
+/// `certify_summary.txt`, and prints the summary.
+pub fn run(args: &CertifyArgs) -> Result<()> {
+    let started = Instant::now();
+    let dir = args
+        .checkpoint
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cfg_path = dir.join("config.yaml");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
+        format!(
+            "reading {} (written by `experiments train` beside its checkpoint)",
+            cfg_path.display()
+        )
+    })?;
+    #[derive(serde::Deserialize)]
+    struct Resolved {
+        config: TrainConfig,
+        profile: String,
+        reduced: bool,
+    }
+    let resolved: Resolved =
+        serde_norway::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let cfg = resolved.config;
+    let built = build(&cfg)?;
+    built.load(&args.checkpoint)?;
+    let m = method(&args.method)?;
+    let dev = Device::Cpu;
+
+    let t_bound = Instant::now();
+    let x0 = Tensor::zeros((1, 1, 28, 28), DType::F32, &dev)?;
+    let out = built
+        .model
+        .forward(&x0, Lip::Certified(CertifiedBound::one()), &Ctx::eval(m))?;
+    let (l_sub, l) = (
+        out.l_sub.certified().expect("certified"),
+        out.l.certified().expect("certified"),
+    );
+    let bound_seconds = t_bound.elapsed().as_secs_f64();
+
+    let data = lmt_data::load_mnist(&args.data.mnist_dir).context("loading MNIST")?;
+    let n = args
+        .test_subset
+        .unwrap_or(data.test.len())
+        .min(data.test.len());
+    let w: Vec<f64> = built
+        .model
+        .last_weight()
+        .flatten_all()?
+        .to_dtype(DType::F64)?
+        .to_vec1()?;
+    let (classes, dim) = built.model.last_weight().dims2()?;
+    let mut certs: Vec<Certificate> = Vec::with_capacity(n);
+    for start in (0..n).step_by(1000) {
+        let idx: Vec<usize> = (start..(start + 1000).min(n)).collect();
+        let (x, _) = batch_tensors(&data.test, &idx, &dev)?;
+        let z: Vec<f32> = built
+            .model
+            .forward(&x, Lip::None, &Ctx::eval(m))?
+            .logits
+            .flatten_all()?
+            .to_vec1()?;
+        let labels: Vec<usize> = idx.iter().map(|&i| data.test.labels[i] as usize).collect();
+        certs.extend(match args.proposition {
+            1 => certify_prop1(&z, classes, &labels, &l)?,
+            2 => certify_prop2(&z, classes, &labels, &l_sub, &w, dim)?,
+            p => bail!("--proposition {p}: use 1 or 2"),
+        });
+    }
+    let out_dir = args.out.clone().unwrap_or(dir);
+    let mut csv = String::from("index,label,prediction,margin,radius,proposition,bound_method\n");
+    for (i, c) in certs.iter().enumerate() {
+        let pred = c.prediction.map(|p| p.to_string()).unwrap_or_default();
+        csv.push_str(&format!(
+            "{i},{},{pred},{},{},{},{}\n",
+            c.label,
+            c.margin,
+            c.radius,
+            c.proposition.name(),
+            c.method
+        ));
+    }
+    write_atomic(&out_dir.join("certificates.csv"), csv.as_bytes())?;
+
+    let mut radii: Vec<f64> = certs.iter().map(|c| c.radius).collect();
+    radii.sort_by(f64::total_cmp);
+    let median = if radii.is_empty() {
+        f64::NAN
+    } else if radii.len() % 2 == 1 {
+        radii[radii.len() / 2]
+    } else {
+        (radii[radii.len() / 2 - 1] + radii[radii.len() / 2]) / 2.0
+    };
+    let acc = certs
+        .iter()
+        .filter(|c| c.prediction == Some(c.label))
+        .count() as f64
+        / n as f64;
+    let mut summary = format!(
+        "model {} ({} profile{}), checkpoint {}\n{n} MNIST test images; proposition {}; bound method {}\n\
+         certified upper bounds: L_sub = {:.6} ({}), L = {:.6} ({}), computed in {bound_seconds:.1} s\n\
+         clean accuracy {acc:.4}\nmedian certified radius (misclassified count as 0): {median:.6}\n",
+        cfg.name, resolved.profile, if resolved.reduced { ", REDUCED budget" } else { "" }, args.checkpoint.display(),
+        args.proposition, l_sub.method(), l_sub.value(), l_sub.method(), l.value(), l.method()
+    );
+    for eps in [0.1, 0.3, 0.5, 1.0] {
+        let k = certs.iter().filter(|c| c.certified_at(eps)).count();
+        summary.push_str(&format!(
+            "certified accuracy at L2 radius {eps}: {:.4}\n",
+            k as f64 / n as f64
+        ));
+    }
+    print!("{summary}");
+    write_atomic(&out_dir.join("certify_summary.txt"), summary.as_bytes())?;
+    Manifest {
+        experiment: format!("certify {}", cfg.name),
+        profile: resolved.profile,
+        reduced: resolved.reduced || n < data.test.len(),
+        config: text,
+        git_revision: git_revision(),
+        seed: cfg.seed,
+        dataset: data.name.clone(),
+        data_checksums: data
+            .files
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} {} ({})",
+                    f.algorithm,
+                    f.digest,
+                    f.path.display(),
+                    f.status()
+                )
+            })
+            .collect(),
+        machine: Manifest::this_machine(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    }
+    .write(&out_dir.join("certify_manifest.json"))?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Shared glue for `train` and `certify`: configs from YAML, models from configs and checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Var};
+use candle_nn::VarMap;
+use lmt_models::KolterWong;
+use lmt_train::TrainConfig;
+
+/// Reads a config given as a path or as the name of a file in `experiments/configs/`.
+pub fn load_config(name_or_path: &str) -> Result<(TrainConfig, PathBuf)> {
+    let direct = PathBuf::from(name_or_path);
+    let path = if direct.is_file() {
+        direct
+    } else {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(format!("{name_or_path}.yaml"));
+        if !p.is_file() {
+            let known: Vec<String> = std::fs::read_dir(p.parent().expect("configs dir"))
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            bail!("no config `{name_or_path}`: not a file, and not in experiments/configs/ (available: {known:?})");
+        }
+        p
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: TrainConfig = serde_norway::from_str(&text).with_context(|| {
+        format!(
+            "{}: invalid config (unknown keys are rejected)",
+            path.display()
+        )
+    })?;
+    Ok((cfg, path))
+}
+
+/// A model built from a config, with its trainable variables by name.
+pub struct Built {
+    /// The network.
+    pub model: KolterWong,
+    /// Its variables.
+    pub varmap: VarMap,
+}
+
+impl Built {
+    /// The trainable variables, sorted by name.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Loads the parameters of a checkpoint written by `train`.
+    pub fn load(&self, checkpoint: &Path) -> Result<()> {
+        let map = candle_core::safetensors::load(checkpoint, &Device::Cpu)
+            .with_context(|| format!("reading checkpoint {} (expected the checkpoint.safetensors written by `experiments train`)", checkpoint.display()))?;
+        for (name, var) in self.params() {
+            let t = map.get(&name).with_context(|| {
+                format!(
+                    "{}: no tensor `{name}`; was it written for another model?",
+                    checkpoint.display()
+                )
+            })?;
+            var.set(t).with_context(|| {
+                format!(
+                    "{}: tensor `{name}` has shape {:?}, the model needs {:?}",
+                    checkpoint.display(),
+                    t.dims(),
+                    var.dims()
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the config's model, initialised from its seed.
+pub fn build(cfg: &TrainConfig) -> Result<Built> {
+    let varmap = VarMap::new();
+    let model = match cfg.model.as_str() {
+        "kolter_wong" => KolterWong::new(&varmap, cfg.seed, &Device::Cpu)?,
+        other => bail!("model `{other}` is not supported yet"),
+    };
+    Ok(Built { model, varmap })
+}
+
+/// `git describe` of the repository the binary was built from.
+pub fn git_revision() -> String {
+    lmt_analysis::Manifest::git_revision(Path::new(env!("CARGO_MANIFEST_DIR")))
+}

@@ -1,0 +1,99 @@
+//! `experiments train`: run one paper config under a profile.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use lmt_analysis::{write_atomic, Manifest};
+use lmt_train::{train, RunOptions};
+
+use crate::run::{build, git_revision, load_config};
+use crate::DataArgs;
+
+/// Flags of `train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Config name in experiments/configs/ (e.g. mnist_lmt_c1) or a path to a YAML file.
+    #[arg(long)]
+    pub config: String,
+    /// Budget profile: smoke, quick or paper.
+    #[arg(long, default_value = "quick")]
+    pub profile: String,
+    /// Output directory (default results/<profile>/<config name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from <out>/checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many steps (with a checkpoint); resume later with --resume.
+    #[arg(long)]
+    pub stop_after_steps: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// Trains and writes checkpoint, log.csv, config.yaml and manifest.json to the output directory.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let started = Instant::now();
+    let (cfg, cfg_path) = load_config(&args.config)?;
+    let plan = cfg
+        .plan(&args.profile)
+        .with_context(|| format!("in {}", cfg_path.display()))?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(&plan.profile).join(&cfg.name));
+    let data = lmt_data::load_mnist(&args.data.mnist_dir).context("loading MNIST")?;
+    let built = build(&cfg)?;
+    let resolved = serde_norway::to_string(&plan)?;
+    write_atomic(&out.join("config.yaml"), resolved.as_bytes())?;
+    eprintln!(
+        "training {} ({} profile{}) on {}: {} epochs, writing to {}",
+        cfg.name,
+        plan.profile,
+        if plan.reduced { ", REDUCED budget" } else { "" },
+        data.name,
+        plan.epochs,
+        out.display()
+    );
+    let opts = RunOptions {
+        resume: args.resume,
+        stop_after_steps: args.stop_after_steps,
+        progress: !args.no_progress,
+    };
+    let summary = train(&plan, &built.model, built.params(), &data, &out, opts)?;
+    for e in &summary.epochs {
+        eprintln!("epoch {:>3}: loss {:.4} train acc {:.4} test acc {:.4} c {} est. bound {:.4} ({:.1} s)", e.epoch, e.train_loss, e.train_accuracy, e.test_accuracy, e.c, e.estimated_bound, e.seconds);
+    }
+    let manifest = Manifest {
+        experiment: format!("train {}", cfg.name),
+        profile: plan.profile.clone(),
+        reduced: plan.reduced,
+        config: resolved,
+        git_revision: git_revision(),
+        seed: cfg.seed,
+        dataset: data.name.clone(),
+        data_checksums: data
+            .files
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} {} ({})",
+                    f.algorithm,
+                    f.digest,
+                    f.path.display(),
+                    f.status()
+                )
+            })
+            .collect(),
+        machine: Manifest::this_machine(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    manifest.write(&out.join("manifest.json"))?;
+    eprintln!("checkpoint: {}", summary.checkpoint.display());
+    Ok(())
+}
