@@ -27,9 +27,17 @@ clippy:
 unit:
 	$(CARGO) test --workspace
 
+MNIST_RUNS = mnist_naive mnist_lmt_c1
+EXP = $(CARGO) run --release -q -p experiments --
+
 ## The main job: data, then every experiment of the chosen profile (PROFILE=quick|paper|smoke).
+## An interrupted run resumes from its last checkpoint.
 reproduce: data
-	$(CARGO) run --release -p experiments -- data-info
+	$(EXP) data-info
+	for c in $(MNIST_RUNS); do \
+	  $(EXP) train --config $$c --profile $(PROFILE) --resume || exit 1; \
+	  $(EXP) certify --checkpoint results/$(PROFILE)/$$c/checkpoint.safetensors --method dense || exit 1; \
+	done
 
 ## Benchmarks (timings are measured here, never asserted in tests).
 bench: data

@@ -41,8 +41,24 @@ fn attacks_never_depend_on_models_and_models_only_on_core() {
 }
 
 #[test]
+fn training_never_depends_on_attacks_or_analysis() {
+    let train = deps("lmt-train");
+    assert!(
+        train.contains("lmt-models")
+            && !train.contains("lmt-attacks")
+            && !train.contains("lmt-analysis")
+    );
+}
+
+#[test]
 fn only_analysis_knows_polars_and_plotters_and_only_experiments_knows_clap_and_yaml() {
-    for krate in ["lmt-data", "lmt-core", "lmt-models", "lmt-attacks"] {
+    for krate in [
+        "lmt-data",
+        "lmt-core",
+        "lmt-models",
+        "lmt-attacks",
+        "lmt-train",
+    ] {
         let d = deps(krate);
         for heavy in ["polars", "plotters", "clap", "serde_norway"] {
             assert!(!d.contains(heavy), "{krate} depends on {heavy}");

@@ -1,0 +1,245 @@
+//! The loop on real MNIST: bit-identical resume, NaN stop, configs and schedules.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use lmt_models::KolterWong;
+use lmt_train::{
+    c_schedule, lr_schedule, train, Method, OptimizerConfig, RunOptions, TrainConfig, TrainError,
+};
+
+fn mnist() -> Option<lmt_data::Dataset> {
+    let dir = std::env::var_os("MNIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"));
+    if !dir.is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "MNIST missing under CI; `make test` runs `make data` first"
+        );
+        eprintln!(
+            "SKIPPED: MNIST not found at {} (run `make data`)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(lmt_data::load_mnist(&dir).unwrap())
+}
+
+const SMALL: &str = "
+name: t
+dataset: mnist
+model: kolter_wong
+method: { kind: lmt, proposition: 2, capped: true, c: 1.0 }
+optimizer: { kind: adam, lr: 0.001 }
+batch_size: 50
+epochs: 2
+seed: 3
+checkpoint_every: 7
+profiles:
+  tiny: { train_subset: 500, test_subset: 200 }
+";
+
+fn config(text: &str) -> TrainConfig {
+    serde_norway::from_str(text).unwrap()
+}
+
+fn params(vm: &VarMap) -> Vec<(String, Var)> {
+    let d = vm.data().lock().unwrap();
+    let mut v: Vec<(String, Var)> = d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn weights(vm: &VarMap) -> Vec<Vec<f32>> {
+    params(vm)
+        .iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect()
+}
+
+fn run(
+    plan: &lmt_train::Plan,
+    out: &Path,
+    opts: RunOptions,
+) -> (VarMap, Result<lmt_train::Summary, TrainError>) {
+    let data = mnist().unwrap();
+    let vm = VarMap::new();
+    let model = KolterWong::new(&vm, plan.config.seed, &Device::Cpu).unwrap();
+    let r = train(plan, &model, params(&vm), &data, out, opts);
+    (vm, r)
+}
+
+#[test]
+fn resume_is_bit_identical_to_an_uninterrupted_run() {
+    if mnist().is_none() {
+        return;
+    }
+    let plan = config(SMALL).plan("tiny").unwrap();
+    assert!(plan.reduced);
+    let straight = tempfile::tempdir().unwrap();
+    let (a, r) = run(&plan, straight.path(), RunOptions::default());
+    assert_eq!(r.unwrap().position.step, 20);
+    // Stop mid-epoch (step 13: not a checkpoint multiple, not an epoch end), then resume in a fresh model.
+    let split = tempfile::tempdir().unwrap();
+    let (_, r) = run(
+        &plan,
+        split.path(),
+        RunOptions {
+            stop_after_steps: Some(13),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.unwrap().position.step, 13);
+    let (b, r) = run(
+        &plan,
+        split.path(),
+        RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.unwrap().position.step, 20);
+    assert_eq!(
+        weights(&a),
+        weights(&b),
+        "resumed weights differ from the uninterrupted run"
+    );
+    let log = std::fs::read_to_string(split.path().join("log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 3, "header + 2 epochs:\n{log}");
+    assert!(log.starts_with(lmt_train::LOG_HEADER));
+}
+
+#[test]
+fn non_finite_loss_stops_with_epoch_step_and_checkpoint() {
+    if mnist().is_none() {
+        return;
+    }
+    let cfg = config(&SMALL.replace("lr: 0.001", "lr: 1.0e30"));
+    let dir = tempfile::tempdir().unwrap();
+    let (_, r) = run(
+        &cfg.plan("tiny").unwrap(),
+        dir.path(),
+        RunOptions::default(),
+    );
+    let e = r.unwrap_err();
+    let m = e.to_string();
+    assert!(matches!(e, TrainError::NonFinite { .. }), "{m}");
+    assert!(
+        m.contains("epoch") && m.contains("step") && m.contains("checkpoint"),
+        "{m}"
+    );
+}
+
+#[test]
+fn every_committed_config_loads_under_every_profile() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg: TrainConfig = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for p in ["smoke", "quick", "paper"] {
+            let plan = cfg
+                .plan(p)
+                .unwrap_or_else(|e| panic!("{} {p}: {e}", path.display()));
+            assert_eq!(plan.reduced, p != "paper", "{} {p}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let unknown = serde_norway::from_str::<TrainConfig>(
+        &SMALL.replace("seed: 3", "seed: 3\nlearning_rate: 1"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(unknown.contains("learning_rate"), "{unknown}");
+    let cases = [
+        ("lr: 0.001", "lr: -1.0", "optimizer.lr"),
+        ("batch_size: 50", "batch_size: 0", "batch_size"),
+        ("proposition: 2", "proposition: 3", "method.proposition"),
+        ("c: 1.0", "c: 0.0", "method.c"),
+        ("dataset: mnist", "dataset: cifar", "dataset"),
+    ];
+    for (from, to, key) in cases {
+        let e = config(&SMALL.replace(from, to))
+            .plan("tiny")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{to}: {e}");
+    }
+    let e = config(SMALL).plan("huge").unwrap_err().to_string();
+    assert!(e.contains("huge") && e.contains("tiny"), "{e}");
+}
+
+#[test]
+fn schedules_are_the_authors() {
+    let lmt = Method::Lmt {
+        proposition: 2,
+        capped: true,
+        c: 0.01,
+        c_start: Some(1e-5),
+        warmup_epochs: 5.0,
+    };
+    assert_eq!(c_schedule(&lmt, 0.0), 1e-5);
+    assert!((c_schedule(&lmt, 2.5) - (0.005 + 0.5e-5)).abs() < 1e-12);
+    assert_eq!(c_schedule(&lmt, 5.0), 0.01);
+    assert_eq!(c_schedule(&Method::Plain, 3.0), 0.0);
+    let nag = OptimizerConfig::Nesterov {
+        lr: 0.01,
+        momentum: 0.9,
+        drop_epochs: vec![80, 120],
+        drop_ratio: 0.1,
+    };
+    assert_eq!(lr_schedule(&nag, 79), 0.01);
+    assert!((lr_schedule(&nag, 80) - 1e-3).abs() < 1e-15);
+    assert!((lr_schedule(&nag, 150) - 1e-4).abs() < 1e-15);
+}
+
+#[test]
+fn optimiser_steps_match_the_chainer_formulas() {
+    use candle_core::backprop::GradStore;
+    let dev = Device::Cpu;
+    let grads_for = |p: &Var, g: f32| -> GradStore {
+        // loss = g * p has gradient g.
+        (p.as_tensor() * g as f64)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    let p = Var::from_tensor(&Tensor::new(&[1.0f32], &dev).unwrap()).unwrap();
+    let mut adam = lmt_train::Optimizer::new(
+        OptimizerConfig::Adam { lr: 0.1 },
+        vec![("p".into(), p.clone())],
+    )
+    .unwrap();
+    adam.step(&grads_for(&p, 2.0), 0.1, 0.0).unwrap();
+    // m = 0.2, v = 0.004, lr_t = 0.1 sqrt(0.001)/0.1; p = 1 - lr_t m/(sqrt(v)+1e-8)
+    let lr_t = 0.1 * (0.001f64).sqrt() / 0.1;
+    let want = 1.0 - lr_t * 0.2 / ((0.004f64).sqrt() + 1e-8);
+    let got = p.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    let q = Var::from_tensor(&Tensor::new(&[1.0f32], &dev).unwrap()).unwrap();
+    let mut nag = lmt_train::Optimizer::new(
+        OptimizerConfig::Nesterov {
+            lr: 0.1,
+            momentum: 0.9,
+            drop_epochs: vec![],
+            drop_ratio: 0.1,
+        },
+        vec![("q".into(), q.clone())],
+    )
+    .unwrap();
+    nag.step(&grads_for(&q, 2.0), 0.1, 0.5).unwrap();
+    // g = 2 + 0.5 * 1 = 2.5; v = -0.25; p = 1 + 0.81 * (-0.25) - 1.9 * 0.1 * 2.5
+    let want = 1.0 + 0.81 * -0.25 - 1.9 * 0.1 * 2.5;
+    let got = q.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+}
