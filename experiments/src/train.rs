@@ -46,6 +46,23 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("results").join(&plan.profile).join(&cfg.name));
+    let ckpt = out.join("checkpoint.safetensors");
+    let mut earlier_seconds = 0.0;
+    if args.resume && ckpt.is_file() {
+        let pos = lmt_train::checkpoint::position(&ckpt)?;
+        if pos.epoch >= plan.epochs {
+            eprintln!(
+                "{}: already trained ({} epochs); nothing to do",
+                out.display(),
+                pos.epoch
+            );
+            return Ok(());
+        }
+        // The manifest's wall time covers every invocation of the run.
+        if let Ok(text) = std::fs::read_to_string(out.join("manifest.json")) {
+            earlier_seconds = earlier_wall_seconds(&text);
+        }
+    }
     let data = lmt_data::load_mnist(&args.data.mnist_dir).context("loading MNIST")?;
     let built = build(&cfg)?;
     let resolved = serde_norway::to_string(&plan)?;
@@ -90,10 +107,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             })
             .collect(),
         machine: Manifest::this_machine(),
-        wall_seconds: started.elapsed().as_secs_f64(),
+        wall_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     manifest.write(&out.join("manifest.json"))?;
     eprintln!("checkpoint: {}", summary.checkpoint.display());
     Ok(())
+}
+
+/// The `wall_seconds` of an earlier manifest (0 if absent or unreadable; JSON is valid YAML).
+fn earlier_wall_seconds(text: &str) -> f64 {
+    serde_norway::from_str::<lmt_analysis::Manifest>(text)
+        .map(|m| m.wall_seconds)
+        .unwrap_or(0.0)
 }

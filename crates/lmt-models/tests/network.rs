@@ -413,13 +413,22 @@ fn single_layer_dense_bounds_equal_the_forward_jacobian_norm() {
             Box::new(|x: &Tensor| net.convbn.forward_lip(x, Lip::None, &eval).unwrap().0),
             vec![1, 4, 4, 4],
         ),
-        // Not 7x6: candle 0.11's conv2d backward drops the output padding a stride-2 layer needs on an
-        // even width (the same undercount as the authors' adjoint), so its input gradient has the wrong
-        // shape there. Our certified bounds use the exact adjoint and are unaffected.
+        // Even widths: candle's own conv2d backward gets the input-gradient shape wrong here; our
+        // explicit padding for strided layers must give the right values and gradients.
         (
             "conv+BN s2 p1 odd",
             Box::new(|x: &Tensor| net.convbn.forward_lip(x, Lip::None, &eval).unwrap().0),
             vec![1, 4, 7, 7],
+        ),
+        (
+            "conv+BN s2 p1 even width",
+            Box::new(|x: &Tensor| net.convbn.forward_lip(x, Lip::None, &eval).unwrap().0),
+            vec![1, 4, 7, 6],
+        ),
+        (
+            "conv+BN s2 p1 8x8",
+            Box::new(|x: &Tensor| net.convbn.forward_lip(x, Lip::None, &eval).unwrap().0),
+            vec![1, 4, 8, 8],
         ),
         (
             "fc",
@@ -492,4 +501,49 @@ fn concatenation_bound_covers_the_stacked_operator() {
     );
     // Mixing kinds is an error, not a silent drop of the bound.
     assert!(residual_add((x.clone(), Lip::None), (x, one())).is_err());
+}
+
+#[test]
+fn strided_convolution_values_equal_candles_conv2d() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for (k, s, p, h, w) in [
+        (3, 2, 1, 8, 8),
+        (3, 2, 1, 7, 6),
+        (4, 2, 1, 28, 28),
+        (1, 2, 0, 8, 8),
+        (3, 3, 2, 10, 9),
+        (5, 2, 0, 9, 12),
+    ] {
+        let kernel = randn(&mut rng, &[3, 2, k, k], 1.0);
+        let conv = LipConv2d::new(
+            kernel.clone(),
+            None,
+            ConvCfg {
+                stride: s,
+                padding: p,
+            },
+            "c",
+        )
+        .unwrap();
+        let x = randn(&mut rng, &[2, 2, h, w], 1.0);
+        let ours: Vec<f32> = conv
+            .forward_lip(&x, Lip::None, &Ctx::eval(CertifyMethod::Auto))
+            .unwrap()
+            .0
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let theirs: Vec<f32> = x
+            .conv2d(&kernel, p, s, 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() < 1e-5, "k{k} s{s} p{p} {h}x{w}: {a} vs {b}");
+        }
+    }
 }

@@ -54,6 +54,27 @@ pub fn save(path: &Path, opt: &Optimizer, vectors: &PowerVectors, pos: Position)
     })
 }
 
+/// Reads only the position stored in a checkpoint.
+pub fn position(path: &Path) -> Result<Position> {
+    let err = |detail: String| TrainError::Checkpoint {
+        path: PathBuf::from(path),
+        detail,
+    };
+    let map = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| err(format!("cannot read ({e})")))?;
+    let meta = |k: &str| -> Result<usize> {
+        let t = map
+            .get(k)
+            .ok_or_else(|| err(format!("has no tensor `{k}`")))?;
+        Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()? as usize)
+    };
+    Ok(Position {
+        step: meta("meta.step")?,
+        epoch: meta("meta.epoch")?,
+        batch: meta("meta.batch")?,
+    })
+}
+
 /// Restores parameters, optimiser state and power vectors from `path`; returns the position.
 pub fn load(path: &Path, opt: &mut Optimizer, vectors: &PowerVectors) -> Result<Position> {
     let err = |detail: String| TrainError::Checkpoint {
