@@ -60,7 +60,11 @@ impl Built {
     pub fn load(&self, checkpoint: &Path) -> Result<()> {
         let map = candle_core::safetensors::load(checkpoint, &Device::Cpu)
             .with_context(|| format!("reading checkpoint {} (expected the checkpoint.safetensors written by `experiments train`)", checkpoint.display()))?;
-        for (name, var) in self.params() {
+        for (name, var) in self
+            .params()
+            .into_iter()
+            .chain(lmt_models::Classifier::buffers(&self.model))
+        {
             let t = map.get(&name).with_context(|| {
                 format!(
                     "{}: no tensor `{name}`; was it written for another model?",

@@ -32,7 +32,7 @@ pub const ROUNDING_MARGIN: f64 = 1e-9;
 /// stay under [`DENSE_MAX_SIDE`]). Every MNIST layer fits.
 pub const DENSE_MAX_ENTRIES: usize = 40_000_000;
 /// Largest side of the Gram matrix whose eigenvalues `dense` computes.
-pub const DENSE_MAX_SIDE: usize = 4096;
+pub const DENSE_MAX_SIDE: usize = 2048;
 
 /// Largest singular value of a row-major `rows x cols` matrix, from the eigenvalues of its smaller Gram
 /// matrix; exact up to [`ROUNDING_MARGIN`].

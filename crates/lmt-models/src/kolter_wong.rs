@@ -26,6 +26,10 @@ pub trait Classifier {
     fn forward(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<Output>;
     /// The last linear layer's weight `(classes, features)`, for Prop. 2.
     fn last_weight(&self) -> &Tensor;
+    /// State that is not trained but must be checkpointed (BN running statistics), by name.
+    fn buffers(&self) -> Vec<(String, candle_core::Var)> {
+        Vec::new()
+    }
 }
 
 /// What one forward pass returns.

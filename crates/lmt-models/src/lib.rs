@@ -24,6 +24,7 @@
 
 pub use batch_norm::BatchNorm2d;
 pub use conv::{conv_certified, ConvBn, ConvCfg, LipConv2d};
+pub(crate) use error::config;
 pub use error::{ModelError, Result};
 pub use init::{param, Init};
 pub use kolter_wong::{Classifier, KolterWong, Output};
@@ -32,6 +33,7 @@ pub use lip::{CertifyMethod, Ctx, Lip, LipModule};
 pub use pool::{Pool2d, PoolKind};
 pub use residual::{concat, residual_add};
 pub use simple::{Dropout, Flatten, Relu};
+pub use wide_resnet::{WideResNet, WideResNetCfg};
 
 mod batch_norm;
 mod conv;
@@ -43,6 +45,7 @@ mod lip;
 mod pool;
 mod residual;
 mod simple;
+mod wide_resnet;
 
 /// A tensor's values as f64, row-major, for the certified computations.
 pub(crate) fn tensor_f64(t: &Tensor) -> Result<Vec<f64>> {

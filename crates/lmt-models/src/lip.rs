@@ -97,6 +97,9 @@ pub struct Ctx<'a> {
     pub vectors: Option<&'a PowerVectors>,
     /// How certified bounds are computed.
     pub method: CertifyMethod,
+    /// Seed of this step's dropout masks (a training loop derives it from its seed and the step, so
+    /// masks are reproducible and a resumed run needs no generator state).
+    pub seed: u64,
 }
 
 impl<'a> Ctx<'a> {
@@ -106,6 +109,7 @@ impl<'a> Ctx<'a> {
             train: false,
             vectors: None,
             method,
+            seed: 0,
         }
     }
 
@@ -115,7 +119,13 @@ impl<'a> Ctx<'a> {
             train: true,
             vectors: Some(vectors),
             method: CertifyMethod::Auto,
+            seed: 0,
         }
+    }
+
+    /// The same context with dropout seed `seed`.
+    pub fn with_seed(self, seed: u64) -> Self {
+        Ctx { seed, ..self }
     }
 
     pub(crate) fn vectors(&self) -> Result<&'a PowerVectors> {

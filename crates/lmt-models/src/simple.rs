@@ -2,6 +2,8 @@
 //! deliberately not counted, as in the authors' code; at inference dropout is the identity).
 
 use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::{error::config, Result};
@@ -26,29 +28,48 @@ impl LipModule for Flatten {
     }
 }
 
-/// Dropout with drop probability `p` in training, identity at inference.
-#[derive(Debug, Clone, Copy)]
+/// Inverted dropout with drop probability `p` in training (kept values scaled by 1/(1-p)), identity at
+/// inference. The mask is drawn from a ChaCha8 stream keyed by the context's seed and the layer's name
+/// (candle's own dropout uses an unseedable generator).
+#[derive(Debug, Clone)]
 pub struct Dropout {
     p: f32,
+    name: String,
 }
 
 impl Dropout {
     /// Builds a dropout layer; `p` must lie in [0, 1).
-    pub fn new(p: f32) -> Result<Self> {
+    pub fn new(p: f32, name: impl Into<String>) -> Result<Self> {
         if !(0.0..1.0).contains(&p) {
             return Err(config("dropout", format!("p = {p} must lie in [0, 1)")));
         }
-        Ok(Dropout { p })
+        Ok(Dropout {
+            p,
+            name: name.into(),
+        })
     }
 }
 
 impl LipModule for Dropout {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        let y = if ctx.train && self.p > 0.0 {
-            candle_nn::ops::dropout(x, self.p)?
-        } else {
-            x.clone()
-        };
-        Ok((y, lip))
+        if !ctx.train || self.p == 0.0 {
+            return Ok((x.clone(), lip));
+        }
+        let h = self.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ h);
+        let keep = 1.0 / (1.0 - self.p);
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.random::<f32>() >= self.p {
+                    keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok(((x * mask)?, lip))
     }
 }

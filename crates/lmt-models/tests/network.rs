@@ -302,6 +302,7 @@ fn estimate_converges_to_the_dense_bound() {
         train: false,
         vectors: Some(&pv),
         method: CertifyMethod::Auto,
+        seed: 0,
     };
     let x = Tensor::zeros((1, 1, 8, 8), DType::F32, &DEV).unwrap();
     let mut est = 0.0;
@@ -348,7 +349,7 @@ fn bad_layer_configs_are_errors() {
         "c"
     )
     .is_err());
-    assert!(Dropout::new(1.0).is_err());
+    assert!(Dropout::new(1.0, "d").is_err());
     assert!(Pool2d::new(PoolKind::Max, 0, 1).is_err());
     let v = || Var::from_tensor(&Tensor::ones(2, DType::F32, &DEV).unwrap()).unwrap();
     let one = Tensor::ones(2, DType::F32, &DEV).unwrap();

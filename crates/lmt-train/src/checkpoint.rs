@@ -1,6 +1,6 @@
 //! Checkpoints: one safetensors file holding everything a bit-identical resume needs.
 //!
-//! Keys: the model's parameters under their own names (`conv1.weight`, ..., as in a PyTorch
+//! Keys: the model's parameters and buffers (BN running statistics) under their own names (`conv1.weight`, ..., as in a PyTorch
 //! `state_dict`, so PyTorch can load them with `strict=False`), `optim.m.<name>` / `optim.v.<name>`,
 //! `power.<layer>` (the persistent power-iteration vectors), and `meta.step` / `meta.epoch` /
 //! `meta.batch` (f64 scalars). Batch order and c schedule are pure functions of (seed, step), so no other
@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use lmt_core::PowerVectors;
 
 use crate::error::{Result, TrainError};
@@ -27,8 +27,17 @@ pub struct Position {
 }
 
 /// Writes a checkpoint atomically.
-pub fn save(path: &Path, opt: &Optimizer, vectors: &PowerVectors, pos: Position) -> Result<()> {
+pub fn save(
+    path: &Path,
+    opt: &Optimizer,
+    vectors: &PowerVectors,
+    buffers: &[(String, Var)],
+    pos: Position,
+) -> Result<()> {
     let mut map: HashMap<String, Tensor> = HashMap::new();
+    for (name, b) in buffers {
+        map.insert(name.clone(), b.as_tensor().clone());
+    }
     for (i, (name, p)) in opt.params().iter().enumerate() {
         map.insert(name.clone(), p.as_tensor().clone());
         map.insert(format!("optim.m.{name}"), opt.m[i].clone());
@@ -76,7 +85,12 @@ pub fn position(path: &Path) -> Result<Position> {
 }
 
 /// Restores parameters, optimiser state and power vectors from `path`; returns the position.
-pub fn load(path: &Path, opt: &mut Optimizer, vectors: &PowerVectors) -> Result<Position> {
+pub fn load(
+    path: &Path,
+    opt: &mut Optimizer,
+    vectors: &PowerVectors,
+    buffers: &[(String, Var)],
+) -> Result<Position> {
     let err = |detail: String| TrainError::Checkpoint {
         path: PathBuf::from(path),
         detail,
@@ -112,6 +126,9 @@ pub fn load(path: &Path, opt: &mut Optimizer, vectors: &PowerVectors) -> Result<
         p.set(saved)?;
         opt.m[i] = get(&format!("optim.m.{name}"))?.clone();
         opt.v[i] = get(&format!("optim.v.{name}"))?.clone();
+    }
+    for (name, b) in buffers {
+        b.set(get(name)?)?;
     }
     for (k, v) in &map {
         if let Some(layer) = k.strip_prefix("power.") {

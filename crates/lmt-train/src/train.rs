@@ -144,7 +144,7 @@ pub fn train<M: Classifier>(
     let mut rows: Vec<String> = Vec::new();
     let mut pos = Position::default();
     if opts.resume && ckpt.is_file() {
-        pos = checkpoint::load(&ckpt, &mut opt, &vectors)?;
+        pos = checkpoint::load(&ckpt, &mut opt, &vectors, &model.buffers())?;
         if let Ok(text) = std::fs::read_to_string(&log_path) {
             rows = text
                 .lines()
@@ -193,7 +193,9 @@ pub fn train<M: Classifier>(
             c = c_schedule(&cfg.method, (step - 1) as f64 / steps_per_epoch as f64);
             let lr = lr_schedule(&cfg.optimizer, epoch);
             let (x, y) = batch_tensors(&data.train, idx, &device)?;
-            let ctx = Ctx::train(&vectors);
+            // Dropout masks from (seed, step): reproducible, and a resumed run needs no generator state.
+            let ctx = Ctx::train(&vectors)
+                .with_seed(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
             let (logits, loss) = match &cfg.method {
                 Method::Plain => {
                     let out = model.forward(&x, Lip::None, &ctx)?;
@@ -270,7 +272,7 @@ pub fn train<M: Classifier>(
             };
             let stop = opts.stop_after_steps == Some(step);
             if step % cfg.checkpoint_every == 0 || stop {
-                save_checked(&ckpt, &opt, &vectors, pos, &mut last_ckpt)?;
+                save_checked(&ckpt, &opt, &vectors, &model.buffers(), pos, &mut last_ckpt)?;
             }
             if stop {
                 bar.abandon();
@@ -295,7 +297,7 @@ pub fn train<M: Classifier>(
             epoch: epoch + 1,
             batch: 0,
         };
-        save_checked(&ckpt, &opt, &vectors, pos, &mut last_ckpt)?;
+        save_checked(&ckpt, &opt, &vectors, &model.buffers(), pos, &mut last_ckpt)?;
     }
     Ok(Summary {
         epochs: logs,
@@ -309,6 +311,7 @@ fn save_checked(
     path: &Path,
     opt: &Optimizer,
     vectors: &PowerVectors,
+    buffers: &[(String, Var)],
     pos: Position,
     last: &mut String,
 ) -> Result<()> {
@@ -329,7 +332,7 @@ fn save_checked(
             });
         }
     }
-    checkpoint::save(path, opt, vectors, pos)?;
+    checkpoint::save(path, opt, vectors, buffers, pos)?;
     *last = path.display().to_string();
     Ok(())
 }

@@ -1,0 +1,198 @@
+//! WideResNet-16-k: the authors' parameter count, shapes, a training step through every layer (stride-2
+//! convolutions on even sizes included), and a sound certified bound.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use lmt_core::{cross_entropy, lmt_logits_prop2, CertifiedBound, LipEstimate, PowerVectors};
+use lmt_models::{CertifyMethod, Classifier, Ctx, Lip, WideResNet, WideResNetCfg};
+use nalgebra::DMatrix;
+
+const DEV: Device = Device::Cpu;
+
+fn count(vm: &VarMap) -> usize {
+    vm.all_vars().iter().map(|v| v.elem_count()).sum()
+}
+
+#[test]
+fn wrn_16_4_has_the_authors_parameter_count() {
+    for avg in [false, true] {
+        let vm = VarMap::new();
+        let net = WideResNet::new(
+            WideResNetCfg {
+                avg_pool_shortcut: avg,
+                ..Default::default()
+            },
+            &vm,
+            0,
+            &DEV,
+        )
+        .unwrap();
+        // Reference 4.2: conv kernels 2,742,704 + last FC 2,570 + BN gamma/beta 3,616 = 2,748,890.
+        assert_eq!(count(&vm), 2_748_890, "avg_pool_shortcut = {avg}");
+        // 13 BN layers, each with running mean and variance, kept out of the trainable variables.
+        assert_eq!(net.buffers().len(), 26);
+    }
+    assert!(WideResNet::new(
+        WideResNetCfg {
+            depth: 15,
+            ..Default::default()
+        },
+        &VarMap::new(),
+        0,
+        &DEV
+    )
+    .is_err());
+}
+
+fn small(avg: bool) -> (WideResNet, VarMap) {
+    let vm = VarMap::new();
+    let cfg = WideResNetCfg {
+        depth: 10,
+        width: 1,
+        dropout: 0.4,
+        classes: 10,
+        avg_pool_shortcut: avg,
+    };
+    (WideResNet::new(cfg, &vm, 1, &DEV).unwrap(), vm)
+}
+
+fn images(seed: u64, b: usize) -> Tensor {
+    let mut s = seed;
+    let v: Vec<f32> = (0..b * 3 * 32 * 32)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, (b, 3, 32, 32), &DEV).unwrap()
+}
+
+#[test]
+fn an_lmt_training_step_reaches_every_parameter() {
+    for avg in [false, true] {
+        let (net, vm) = small(avg);
+        let pv = PowerVectors::new(0);
+        let x = images(3, 4);
+        let y = Tensor::new(&[1u32, 2, 3, 4], &DEV).unwrap();
+        let ctx = Ctx::train(&pv).with_seed(9);
+        let out = net
+            .forward(
+                &x,
+                Lip::Estimate(LipEstimate::one(&DEV).unwrap().scale(0.1).unwrap()),
+                &ctx,
+            )
+            .unwrap();
+        assert_eq!(out.logits.dims(), [4, 10]);
+        let c_l = out.l_sub.estimate().unwrap().tensor().clone();
+        // Uncapped (Alg. 1): at initialisation every sample may be misclassified, and capping would then
+        // add nothing, leaving the power vectors without a gradient (which refresh() correctly skips).
+        let loss = cross_entropy(
+            &lmt_logits_prop2(&out.logits, &y, &c_l, net.last_weight(), false).unwrap(),
+            &y,
+        )
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        for v in vm.all_vars() {
+            let g = grads
+                .get(v.as_tensor())
+                .expect("every parameter gets a gradient");
+            let s = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(s.is_finite(), "non-finite gradient");
+        }
+        // Every vector below the last layer was refreshed; the last layer's own vector enters only L (Prop. 1),
+        // which this Prop. 2 loss does not use, so it has no gradient and is kept.
+        assert_eq!(pv.refresh(&grads).unwrap(), 1);
+        assert_eq!(
+            pv.all().len(),
+            1 + 2 * 3 + 3 + 1,
+            "stem, two convs in each of 3 blocks, 3 shortcuts, fc"
+        );
+        // Training mode moved the running statistics away from their zero start.
+        let rv: f32 = net.buffers()[1]
+            .1
+            .as_tensor()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(rv > 0.0);
+    }
+}
+
+#[test]
+fn dropout_masks_follow_the_step_seed() {
+    let (net, _) = small(false);
+    let pv = PowerVectors::new(0);
+    let x = images(4, 2);
+    let run = |seed| {
+        net.forward(&x, Lip::None, &Ctx::train(&pv).with_seed(seed))
+            .unwrap()
+            .logits
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(run(5), run(5));
+    assert_ne!(run(5), run(6));
+}
+
+#[test]
+fn certified_bound_exceeds_the_jacobian_norm() {
+    for avg in [false, true] {
+        let (net, _) = small(avg);
+        // Give BN non-trivial running statistics first (training mode updates them).
+        let pv = PowerVectors::new(0);
+        for s in 0..3 {
+            net.forward(&images(10 + s, 8), Lip::None, &Ctx::train(&pv))
+                .unwrap();
+        }
+        let x0 = Tensor::zeros((1, 3, 32, 32), DType::F32, &DEV).unwrap();
+        let l = net
+            .forward(
+                &x0,
+                Lip::Certified(CertifiedBound::one()),
+                &Ctx::eval(CertifyMethod::Auto),
+            )
+            .unwrap()
+            .l
+            .certified()
+            .unwrap();
+        let xv = Var::from_tensor(&images(20, 1)).unwrap();
+        let z = net
+            .forward(xv.as_tensor(), Lip::None, &Ctx::eval(CertifyMethod::Auto))
+            .unwrap()
+            .logits;
+        let mut rows = Vec::new();
+        for k in 0..10 {
+            let g = z.get(0).unwrap().get(k).unwrap().backward().unwrap();
+            let gx: Vec<f32> = g
+                .get(xv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            rows.extend(gx.iter().map(|&v| v as f64));
+        }
+        let jac = DMatrix::from_row_slice(10, 3072, &rows)
+            .singular_values()
+            .iter()
+            .cloned()
+            .fold(0.0, f64::max);
+        eprintln!(
+            "WRN-10-1 (avg shortcut {avg}): certified L {:.3} ({}), Jacobian norm {jac:.3}",
+            l.value(),
+            l.method()
+        );
+        assert!(jac <= l.value() && jac > 0.0);
+    }
+}
