@@ -34,7 +34,7 @@ pub struct RunOptions {
 pub struct EpochLog {
     /// 1-based epoch.
     pub epoch: usize,
-    /// Mean training loss (the LMT loss for LMT runs).
+    /// Mean training loss (the LMT loss for LMT runs); after a mid-epoch resume, over the resumed part.
     pub train_loss: f64,
     /// Training accuracy on the clean logits.
     pub train_accuracy: f64,
@@ -270,7 +270,8 @@ pub fn train<M: Classifier>(
                 epoch,
                 batch: b + 1,
             };
-            let stop = opts.stop_after_steps == Some(step);
+            // A stop on an epoch's last batch first finishes the epoch (its log row and checkpoint).
+            let stop = opts.stop_after_steps == Some(step) && b + 1 < batches.len();
             if step % cfg.checkpoint_every == 0 || stop {
                 save_checked(&ckpt, &opt, &vectors, &model.buffers(), pos, &mut last_ckpt)?;
             }
@@ -298,6 +299,9 @@ pub fn train<M: Classifier>(
             batch: 0,
         };
         save_checked(&ckpt, &opt, &vectors, &model.buffers(), pos, &mut last_ckpt)?;
+        if opts.stop_after_steps == Some(pos.step) {
+            break;
+        }
     }
     Ok(Summary {
         epochs: logs,

@@ -106,6 +106,32 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
         weights(&b),
         "resumed weights differ from the uninterrupted run"
     );
+    // Stopping exactly at an epoch's end finishes that epoch's row first, then resumes cleanly.
+    let edge = tempfile::tempdir().unwrap();
+    let (_, r) = run(
+        &plan,
+        edge.path(),
+        RunOptions {
+            stop_after_steps: Some(10),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.unwrap().position.epoch, 1);
+    let (c, _) = run(
+        &plan,
+        edge.path(),
+        RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(weights(&a), weights(&c));
+    let edge_log = std::fs::read_to_string(edge.path().join("log.csv")).unwrap();
+    let first: Vec<&str> = edge_log.lines().nth(1).unwrap().split(',').collect();
+    assert!(
+        first[1].parse::<f64>().unwrap() > 0.0,
+        "epoch 1 row has a real loss: {edge_log}"
+    );
     let log = std::fs::read_to_string(split.path().join("log.csv")).unwrap();
     assert_eq!(log.lines().count(), 3, "header + 2 epochs:\n{log}");
     assert!(log.starts_with(lmt_train::LOG_HEADER));
