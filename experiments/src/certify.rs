@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use lmt_analysis::{write_atomic, Manifest};
 use lmt_core::{certify_prop1, certify_prop2, Certificate, CertifiedBound, PowerConfig};
-use lmt_models::{CertifyMethod, Classifier, Ctx, Lip};
-use lmt_train::{batch_tensors, TrainConfig};
+use lmt_models::{CertifyMethod, Ctx, Lip};
+use lmt_train::{batch_tensors, ModelConfig, TrainConfig};
 
-use crate::run::{build, git_revision};
+use crate::run::{build, git_revision, load_data};
 use crate::DataArgs;
 
 /// Flags of `certify`.
@@ -68,18 +68,21 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
     struct Resolved {
         config: TrainConfig,
         profile: String,
+        model: ModelConfig,
         reduced: bool,
     }
     let resolved: Resolved =
         serde_norway::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
     let cfg = resolved.config;
-    let built = build(&cfg)?;
+    let built = build(&resolved.model, cfg.seed)?;
     built.load(&args.checkpoint)?;
     let m = method(&args.method)?;
     let dev = Device::Cpu;
 
+    let data = load_data(&cfg.dataset, &args.data)?;
     let t_bound = Instant::now();
-    let x0 = Tensor::zeros((1, 1, 28, 28), DType::F32, &dev)?;
+    let [c, h, w] = data.test.image_shape();
+    let x0 = Tensor::zeros((1, c, h, w), DType::F32, &dev)?;
     let out = built
         .model
         .forward(&x0, Lip::Certified(CertifiedBound::one()), &Ctx::eval(m))?;
@@ -89,7 +92,6 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
     );
     let bound_seconds = t_bound.elapsed().as_secs_f64();
 
-    let data = lmt_data::load_mnist(&args.data.mnist_dir).context("loading MNIST")?;
     let n = args
         .test_subset
         .unwrap_or(data.test.len())
@@ -148,11 +150,11 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         .count() as f64
         / n as f64;
     let mut summary = format!(
-        "model {} ({} profile{}), checkpoint {}\n{n} MNIST test images; proposition {}; bound method {}\n\
+        "model {} ({} profile{}), checkpoint {}\n{n} {} test images; proposition {}; bound method {}\n\
          certified upper bounds: L_sub = {:.6} ({}), L = {:.6} ({}), computed in {bound_seconds:.1} s\n\
          clean accuracy {acc:.4}\nmedian certified radius (misclassified count as 0): {median:.6}\n",
         cfg.name, resolved.profile, if resolved.reduced { ", REDUCED budget" } else { "" }, args.checkpoint.display(),
-        args.proposition, l_sub.method(), l_sub.value(), l_sub.method(), l.value(), l.method()
+        data.name, args.proposition, l_sub.method(), l_sub.value(), l_sub.method(), l.value(), l.method()
     );
     for eps in [0.1, 0.3, 0.5, 1.0] {
         let k = certs.iter().filter(|c| c.certified_at(eps)).count();

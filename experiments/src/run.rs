@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Var};
 use candle_nn::VarMap;
-use lmt_models::KolterWong;
-use lmt_train::TrainConfig;
+use lmt_data::{Dataset, SvhnLabels, SvhnOptions};
+use lmt_models::{Classifier, KolterWong, WideResNet, WideResNetCfg};
+use lmt_train::{ModelConfig, TrainConfig};
+
+use crate::DataArgs;
 
 /// Reads a config given as a path or as the name of a file in `experiments/configs/`.
 pub fn load_config(name_or_path: &str) -> Result<(TrainConfig, PathBuf)> {
@@ -42,7 +45,7 @@ pub fn load_config(name_or_path: &str) -> Result<(TrainConfig, PathBuf)> {
 /// A model built from a config, with its trainable variables by name.
 pub struct Built {
     /// The network.
-    pub model: KolterWong,
+    pub model: Box<dyn Classifier>,
     /// Its variables.
     pub varmap: VarMap,
 }
@@ -60,11 +63,7 @@ impl Built {
     pub fn load(&self, checkpoint: &Path) -> Result<()> {
         let map = candle_core::safetensors::load(checkpoint, &Device::Cpu)
             .with_context(|| format!("reading checkpoint {} (expected the checkpoint.safetensors written by `experiments train`)", checkpoint.display()))?;
-        for (name, var) in self
-            .params()
-            .into_iter()
-            .chain(lmt_models::Classifier::buffers(&self.model))
-        {
+        for (name, var) in self.params().into_iter().chain(self.model.buffers()) {
             let t = map.get(&name).with_context(|| {
                 format!(
                     "{}: no tensor `{name}`; was it written for another model?",
@@ -84,14 +83,59 @@ impl Built {
     }
 }
 
-/// Builds the config's model, initialised from its seed.
-pub fn build(cfg: &TrainConfig) -> Result<Built> {
+/// Builds `model` (a config's, after its profile), initialised from `seed`.
+pub fn build(model: &ModelConfig, seed: u64) -> Result<Built> {
     let varmap = VarMap::new();
-    let model = match cfg.model.as_str() {
-        "kolter_wong" => KolterWong::new(&varmap, cfg.seed, &Device::Cpu)?,
-        other => bail!("model `{other}` is not supported yet"),
+    let dev = Device::Cpu;
+    let model: Box<dyn Classifier> = match model {
+        ModelConfig::KolterWong => Box::new(KolterWong::new(&varmap, seed, &dev)?),
+        ModelConfig::WideResnet {
+            depth,
+            width,
+            dropout,
+            avg_pool_shortcut,
+        } => {
+            let cfg = WideResNetCfg {
+                depth: *depth,
+                width: *width,
+                dropout: *dropout,
+                classes: 10,
+                avg_pool_shortcut: *avg_pool_shortcut,
+            };
+            Box::new(WideResNet::new(cfg, &varmap, seed, &dev)?)
+        }
     };
     Ok(Built { model, varmap })
+}
+
+/// Loads the data set a config names from the directories in `args`.
+pub fn load_data(dataset: &str, args: &DataArgs) -> Result<Dataset> {
+    match dataset {
+        "mnist" => Ok(lmt_data::load_mnist(&args.mnist_dir).context("loading MNIST")?),
+        "svhn" => {
+            let Some(dir) = &args.svhn_dir else {
+                bail!("this run needs the official SVHN files: pass --svhn-dir DIR (or set SVHN_DIR) with train_32x32.mat and test_32x32.mat");
+            };
+            let labels = if args.svhn_authors_labels {
+                SvhnLabels::AuthorsMinusOne
+            } else {
+                SvhnLabels::Digit
+            };
+            let d = lmt_data::load_svhn(
+                dir,
+                SvhnOptions {
+                    labels,
+                    include_extra: args.svhn_extra,
+                },
+            )
+            .context("loading SVHN")?;
+            if !d.all_verified() {
+                eprintln!("WARNING: SVHN files in {} do not match the official checksums (see `experiments data-info`)", dir.display());
+            }
+            Ok(d)
+        }
+        other => bail!("unknown dataset `{other}`"),
+    }
 }
 
 /// `git describe` of the repository the binary was built from.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use lmt_analysis::{write_atomic, Manifest};
 use lmt_train::{train, RunOptions};
 
-use crate::run::{build, git_revision, load_config};
+use crate::run::{build, git_revision, load_config, load_data};
 use crate::DataArgs;
 
 /// Flags of `train`.
@@ -63,8 +63,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             earlier_seconds = earlier_wall_seconds(&text);
         }
     }
-    let data = lmt_data::load_mnist(&args.data.mnist_dir).context("loading MNIST")?;
-    let built = build(&cfg)?;
+    let data = load_data(&cfg.dataset, &args.data)?;
+    let built = build(&plan.model, cfg.seed)?;
     let resolved = serde_norway::to_string(&plan)?;
     write_atomic(&out.join("config.yaml"), resolved.as_bytes())?;
     eprintln!(
@@ -81,7 +81,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         stop_after_steps: args.stop_after_steps,
         progress: !args.no_progress,
     };
-    let summary = train(&plan, &built.model, built.params(), &data, &out, opts)?;
+    let summary = train(
+        &plan,
+        built.model.as_ref(),
+        built.params(),
+        &data,
+        &out,
+        opts,
+    )?;
     for e in &summary.epochs {
         eprintln!("epoch {:>3}: loss {:.4} train acc {:.4} test acc {:.4} c {} est. bound {:.4} ({:.1} s)", e.epoch, e.train_loss, e.train_accuracy, e.test_accuracy, e.c, e.estimated_bound, e.seconds);
     }

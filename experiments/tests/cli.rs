@@ -115,3 +115,70 @@ fn unknown_config_and_bad_flags_give_clear_errors() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("config.yaml"), "{err}");
 }
+
+/// The WRN path end to end on the committed SVHN-format fixtures (8 synthetic images: this checks the
+/// plumbing, not any accuracy).
+#[test]
+fn smoke_wide_resnet_on_svhn_format_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fixtures = root.join("crates/lmt-data/tests/fixtures");
+    let svhn = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures.join("svhn_compressed.mat"),
+        svhn.path().join("train_32x32.mat"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures.join("svhn_uncompressed.mat"),
+        svhn.path().join("test_32x32.mat"),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (s, o) = (svhn.path().to_str().unwrap(), out.path().to_str().unwrap());
+    let r = experiments(&[
+        "train",
+        "--config",
+        "svhn_lmt_c001",
+        "--profile",
+        "smoke",
+        "--svhn-dir",
+        s,
+        "--out",
+        o,
+        "--no-progress",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(
+        err.contains("do not match the official checksums"),
+        "fixtures must be flagged as not the official files: {err}"
+    );
+    let config = std::fs::read_to_string(out.path().join("config.yaml")).unwrap();
+    assert!(
+        config.contains("width: 1") && config.contains("reduced: true"),
+        "{config}"
+    );
+    let ckpt = out.path().join("checkpoint.safetensors");
+    let r = experiments(&[
+        "certify",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--svhn-dir",
+        s,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let csv = std::fs::read_to_string(out.path().join("certificates.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 9);
+    // Without --svhn-dir the run says what it needs.
+    let r = experiments(&[
+        "train",
+        "--config",
+        "svhn_weight_decay",
+        "--profile",
+        "smoke",
+        "--out",
+        o,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("--svhn-dir"), "{err}");
+}

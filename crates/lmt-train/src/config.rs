@@ -16,10 +16,10 @@ pub struct TrainConfig {
     /// What the run should reproduce, in words (e.g. the paper's number).
     #[serde(default)]
     pub reproduces: String,
-    /// Data set: `mnist` (others follow with the WRN).
+    /// Data set: `mnist`, or `svhn` (the user's official files, `--svhn-dir`).
     pub dataset: String,
-    /// Model: `kolter_wong`.
-    pub model: String,
+    /// The network.
+    pub model: ModelConfig,
     /// Training method.
     pub method: Method,
     /// The optimiser, with the authors' update formulas.
@@ -44,6 +44,26 @@ pub struct TrainConfig {
 
 fn default_checkpoint_every() -> usize {
     500
+}
+
+/// The network of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// The Kolter-Wong MNIST CNN (1x28x28 inputs).
+    KolterWong,
+    /// WideResNet-depth-width (3x32x32 inputs).
+    WideResnet {
+        /// 6n + 4 (16 in the paper).
+        depth: usize,
+        /// Width factor k (4 in the paper).
+        width: usize,
+        /// Dropout inside blocks (0.4 in the paper).
+        dropout: f32,
+        /// The average-pooling shortcut variant (the authors' `svhn_avg` runs).
+        #[serde(default)]
+        avg_pool_shortcut: bool,
+    },
 }
 
 /// The training method.
@@ -110,6 +130,9 @@ pub struct Profile {
     /// Evaluate on the first this many test images.
     #[serde(default)]
     pub test_subset: Option<usize>,
+    /// WideResNet width factor for this profile (smaller k for reduced CPU budgets).
+    #[serde(default)]
+    pub width: Option<usize>,
 }
 
 /// A validated config with a profile applied: what the loop runs.
@@ -125,6 +148,8 @@ pub struct Plan {
     pub train_subset: Option<usize>,
     /// Test images used for per-epoch accuracy (None: all).
     pub test_subset: Option<usize>,
+    /// The model after the profile (a WRN width override applied).
+    pub model: ModelConfig,
     /// True when the profile reduces the config's budget: every output must say so.
     pub reduced: bool,
 }
@@ -132,17 +157,46 @@ pub struct Plan {
 impl TrainConfig {
     /// Checks every value and applies `profile`; errors name the key.
     pub fn plan(&self, profile: &str) -> Result<Plan> {
-        if !["mnist"].contains(&self.dataset.as_str()) {
-            return Err(config_err(
-                "dataset",
-                format!("`{}` is not supported; use `mnist`", self.dataset),
-            ));
+        match (self.dataset.as_str(), &self.model) {
+            ("mnist", ModelConfig::KolterWong) | ("svhn", ModelConfig::WideResnet { .. }) => {}
+            ("mnist" | "svhn", m) => {
+                return Err(config_err(
+                    "model",
+                    format!(
+                        "{m:?} does not take {} images (kolter_wong: mnist, wide_resnet: svhn)",
+                        self.dataset
+                    ),
+                ));
+            }
+            (other, _) => {
+                return Err(config_err(
+                    "dataset",
+                    format!("`{other}` is not supported; use `mnist` or `svhn`"),
+                ))
+            }
         }
-        if !["kolter_wong"].contains(&self.model.as_str()) {
-            return Err(config_err(
-                "model",
-                format!("`{}` is not supported; use `kolter_wong`", self.model),
-            ));
+        if let ModelConfig::WideResnet {
+            depth,
+            width,
+            dropout,
+            ..
+        } = &self.model
+        {
+            if *depth < 10 || (depth - 4) % 6 != 0 {
+                return Err(config_err(
+                    "model.depth",
+                    format!("must be 6n + 4 with n >= 1, got {depth}"),
+                ));
+            }
+            if *width == 0 {
+                return Err(config_err("model.width", "must be positive"));
+            }
+            if !(0.0..1.0).contains(dropout) {
+                return Err(config_err(
+                    "model.dropout",
+                    format!("must lie in [0, 1), got {dropout}"),
+                ));
+            }
         }
         if self.batch_size == 0 {
             return Err(config_err("batch_size", "must be positive"));
@@ -210,20 +264,32 @@ impl TrainConfig {
                 return Err(config_err("profiles", format!("no profile `{profile}` in `{}`; it has {known:?} (and `paper`, the config as written)", self.name)));
             }
         };
-        if p.epochs == Some(0) || p.train_subset == Some(0) || p.test_subset == Some(0) {
+        if p.epochs == Some(0)
+            || p.train_subset == Some(0)
+            || p.test_subset == Some(0)
+            || p.width == Some(0)
+        {
             return Err(config_err(
                 &format!("profiles.{profile}"),
-                "epochs and subsets must be positive",
+                "epochs, subsets and width must be positive",
             ));
         }
         let epochs = p.epochs.unwrap_or(self.epochs);
-        let reduced = epochs < self.epochs || p.train_subset.is_some() || p.test_subset.is_some();
+        let mut model = self.model.clone();
+        let mut narrower = false;
+        if let (Some(w), ModelConfig::WideResnet { width, .. }) = (p.width, &mut model) {
+            narrower = w < *width;
+            *width = w;
+        }
+        let reduced =
+            epochs < self.epochs || p.train_subset.is_some() || p.test_subset.is_some() || narrower;
         Ok(Plan {
             config: self.clone(),
             profile: profile.to_string(),
             epochs,
             train_subset: p.train_subset,
             test_subset: p.test_subset,
+            model,
             reduced,
         })
     }

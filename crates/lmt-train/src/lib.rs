@@ -9,7 +9,9 @@
 #![deny(missing_docs)]
 
 pub use checkpoint::Position;
-pub use config::{c_schedule, lr_schedule, Method, OptimizerConfig, Plan, Profile, TrainConfig};
+pub use config::{
+    c_schedule, lr_schedule, Method, ModelConfig, OptimizerConfig, Plan, Profile, TrainConfig,
+};
 pub use error::{Result, TrainError};
 pub use optim::Optimizer;
 pub use train::{accuracy, batch_tensors, train, EpochLog, RunOptions, Summary, LOG_HEADER};

@@ -97,12 +97,7 @@ pub fn batch_tensors(set: &ImageSet, idx: &[usize], device: &Device) -> Result<(
 }
 
 /// Accuracy of `model` on the first `n` images of `set` (eval mode, no bound).
-pub fn accuracy<M: Classifier>(
-    model: &M,
-    set: &ImageSet,
-    n: usize,
-    device: &Device,
-) -> Result<f64> {
+pub fn accuracy(model: &dyn Classifier, set: &ImageSet, n: usize, device: &Device) -> Result<f64> {
     let n = n.min(set.len());
     let mut correct = 0.0;
     for start in (0..n).step_by(1000) {
@@ -123,9 +118,9 @@ pub fn accuracy<M: Classifier>(
 
 /// Trains `model` (whose trainable variables are `params`) on `data` by `plan`, writing
 /// `<out>/checkpoint.safetensors` and `<out>/log.csv`.
-pub fn train<M: Classifier>(
+pub fn train(
     plan: &Plan,
-    model: &M,
+    model: &dyn Classifier,
     params: Vec<(String, Var)>,
     data: &Dataset,
     out: &Path,

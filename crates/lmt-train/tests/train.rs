@@ -30,7 +30,7 @@ fn mnist() -> Option<lmt_data::Dataset> {
 const SMALL: &str = "
 name: t
 dataset: mnist
-model: kolter_wong
+model: { kind: kolter_wong }
 method: { kind: lmt, proposition: 2, capped: true, c: 1.0 }
 optimizer: { kind: adam, lr: 0.001 }
 batch_size: 50
