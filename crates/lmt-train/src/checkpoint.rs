@@ -27,14 +27,16 @@ pub struct Position {
 }
 
 /// Writes a checkpoint atomically.
+/// `extra` holds further state under its own keys (e.g. `snreg.<name>` for the spectral-norm hook).
 pub fn save(
     path: &Path,
     opt: &Optimizer,
     vectors: &PowerVectors,
     buffers: &[(String, Var)],
+    extra: &[(String, Tensor)],
     pos: Position,
 ) -> Result<()> {
-    let mut map: HashMap<String, Tensor> = HashMap::new();
+    let mut map: HashMap<String, Tensor> = extra.iter().cloned().collect();
     for (name, b) in buffers {
         map.insert(name.clone(), b.as_tensor().clone());
     }
@@ -84,13 +86,14 @@ pub fn position(path: &Path) -> Result<Position> {
     })
 }
 
-/// Restores parameters, optimiser state and power vectors from `path`; returns the position.
+/// Restores parameters, optimiser state, buffers and power vectors from `path`; returns the position and
+/// every tensor of the file (for callers' extra state).
 pub fn load(
     path: &Path,
     opt: &mut Optimizer,
     vectors: &PowerVectors,
     buffers: &[(String, Var)],
-) -> Result<Position> {
+) -> Result<(Position, HashMap<String, Tensor>)> {
     let err = |detail: String| TrainError::Checkpoint {
         path: PathBuf::from(path),
         detail,
@@ -139,9 +142,10 @@ pub fn load(
         Ok(get(k)?.to_dtype(DType::F64)?.to_scalar::<f64>()? as usize)
     };
     opt.t = meta("meta.t")? as u64;
-    Ok(Position {
+    let pos = Position {
         step: meta("meta.step")?,
         epoch: meta("meta.epoch")?,
         batch: meta("meta.batch")?,
-    })
+    };
+    Ok((pos, map))
 }

@@ -72,6 +72,16 @@ pub enum ModelConfig {
 pub enum Method {
     /// Softmax cross-entropy (plus weight decay if configured).
     Plain,
+    /// Spectral-norm regularisation (Yoshida and Miyato 2017) as a gradient hook on every parameter
+    /// with at least two dimensions, one power-iteration step per update (reference 7.2).
+    SpectralNorm {
+        /// The rate (0.01 in the paper's run).
+        rate: f64,
+        /// `authors` (default): the authors' hook, whose added gradient is rate sigma^2 a b^T (the
+        /// gradient of rate sigma^3 / 3); `usual`: rate sigma a b^T, the gradient of (rate / 2) sigma^2.
+        #[serde(default)]
+        scaling: SpectralScaling,
+    },
     /// Lipschitz-margin training.
     Lmt {
         /// 1 (whole-network bound) or 2 (per class pair through the last layer; the paper's runs).
@@ -87,6 +97,17 @@ pub enum Method {
         #[serde(default)]
         warmup_epochs: f64,
     },
+}
+
+/// Which gradient the spectral-norm hook adds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpectralScaling {
+    /// rate sigma^2 a b^T (the authors' code).
+    #[default]
+    Authors,
+    /// rate sigma a b^T (the gradient of (rate / 2) sigma^2, as the method is usually stated).
+    Usual,
 }
 
 /// Optimiser and learning-rate schedule.
@@ -231,6 +252,9 @@ impl TrainConfig {
                 positive("optimizer.drop_ratio", *drop_ratio)?;
             }
         }
+        if let Method::SpectralNorm { rate, .. } = &self.method {
+            positive("method.rate", *rate)?;
+        }
         if let Method::Lmt {
             proposition,
             c,
@@ -310,7 +334,7 @@ fn positive(key: &str, v: f64) -> Result<()> {
 /// GoyalSchedule), then constant. A pure function of the step, so resuming needs no state.
 pub fn c_schedule(method: &Method, epoch_detail: f64) -> f64 {
     match method {
-        Method::Plain => 0.0,
+        Method::Plain | Method::SpectralNorm { .. } => 0.0,
         Method::Lmt {
             c,
             c_start,

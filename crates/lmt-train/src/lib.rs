@@ -20,4 +20,5 @@ pub mod checkpoint;
 mod config;
 mod error;
 mod optim;
+mod spectral;
 mod train;

@@ -17,6 +17,7 @@ use crate::checkpoint::{self, Position};
 use crate::config::{c_schedule, lr_schedule, Method, Plan};
 use crate::error::{Result, TrainError};
 use crate::optim::Optimizer;
+use crate::spectral::SpectralNormHook;
 
 /// Switches of one invocation (not part of the config).
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,10 +137,27 @@ pub fn train(
     let log_path = out.join("log.csv");
     let vectors = PowerVectors::new(cfg.seed ^ 0x5eed);
     let mut opt = Optimizer::new(cfg.optimizer.clone(), params)?;
+    let mut spectral = match &cfg.method {
+        Method::SpectralNorm { rate, scaling } => Some(SpectralNormHook::new(
+            *rate,
+            *scaling,
+            opt.params(),
+            cfg.seed,
+        )?),
+        _ => None,
+    };
     let mut rows: Vec<String> = Vec::new();
     let mut pos = Position::default();
     if opts.resume && ckpt.is_file() {
-        pos = checkpoint::load(&ckpt, &mut opt, &vectors, &model.buffers())?;
+        let (p, saved) = checkpoint::load(&ckpt, &mut opt, &vectors, &model.buffers())?;
+        pos = p;
+        if let Some(hook) = &mut spectral {
+            for (name, a) in hook.vectors.iter_mut() {
+                if let Some(t) = saved.get(&format!("snreg.{name}")) {
+                    *a = t.clone();
+                }
+            }
+        }
         if let Ok(text) = std::fs::read_to_string(&log_path) {
             rows = text
                 .lines()
@@ -192,7 +210,7 @@ pub fn train(
             let ctx = Ctx::train(&vectors)
                 .with_seed(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
             let (logits, loss) = match &cfg.method {
-                Method::Plain => {
+                Method::Plain | Method::SpectralNorm { .. } => {
                     let out = model.forward(&x, Lip::None, &ctx)?;
                     let loss = cross_entropy(&out.logits, &y)?;
                     (out.logits, loss)
@@ -243,7 +261,10 @@ pub fn train(
                     });
                 }
             }
-            let grads = loss.backward()?;
+            let mut grads = loss.backward()?;
+            if let Some(hook) = &mut spectral {
+                hook.apply(&mut grads, opt.params())?;
+            }
             opt.step(&grads, lr, cfg.weight_decay)?;
             vectors.refresh(&grads)?;
             loss_sum += loss_value * idx.len() as f64;
@@ -268,7 +289,15 @@ pub fn train(
             // A stop on an epoch's last batch first finishes the epoch (its log row and checkpoint).
             let stop = opts.stop_after_steps == Some(step) && b + 1 < batches.len();
             if step % cfg.checkpoint_every == 0 || stop {
-                save_checked(&ckpt, &opt, &vectors, &model.buffers(), pos, &mut last_ckpt)?;
+                save_checked(
+                    &ckpt,
+                    &opt,
+                    &vectors,
+                    &model.buffers(),
+                    &extra_state(&spectral),
+                    pos,
+                    &mut last_ckpt,
+                )?;
             }
             if stop {
                 bar.abandon();
@@ -293,7 +322,15 @@ pub fn train(
             epoch: epoch + 1,
             batch: 0,
         };
-        save_checked(&ckpt, &opt, &vectors, &model.buffers(), pos, &mut last_ckpt)?;
+        save_checked(
+            &ckpt,
+            &opt,
+            &vectors,
+            &model.buffers(),
+            &extra_state(&spectral),
+            pos,
+            &mut last_ckpt,
+        )?;
         if opts.stop_after_steps == Some(pos.step) {
             break;
         }
@@ -311,6 +348,7 @@ fn save_checked(
     opt: &Optimizer,
     vectors: &PowerVectors,
     buffers: &[(String, Var)],
+    extra: &[(String, Tensor)],
     pos: Position,
     last: &mut String,
 ) -> Result<()> {
@@ -331,9 +369,21 @@ fn save_checked(
             });
         }
     }
-    checkpoint::save(path, opt, vectors, buffers, pos)?;
+    checkpoint::save(path, opt, vectors, buffers, extra, pos)?;
     *last = path.display().to_string();
     Ok(())
+}
+
+/// Method state beyond the optimiser's, under checkpoint keys.
+fn extra_state(spectral: &Option<SpectralNormHook>) -> Vec<(String, Tensor)> {
+    spectral
+        .iter()
+        .flat_map(|h| {
+            h.vectors
+                .iter()
+                .map(|(k, v)| (format!("snreg.{k}"), v.clone()))
+        })
+        .collect()
 }
 
 fn write_log(path: &Path, rows: &[String]) -> Result<()> {

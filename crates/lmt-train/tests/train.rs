@@ -76,7 +76,16 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     if mnist().is_none() {
         return;
     }
-    let plan = config(SMALL).plan("tiny").unwrap();
+    resume_check(SMALL);
+    // The spectral-norm hook keeps its own vectors; they must travel in the checkpoint too.
+    resume_check(&SMALL.replace(
+        "{ kind: lmt, proposition: 2, capped: true, c: 1.0 }",
+        "{ kind: spectral_norm, rate: 0.01 }",
+    ));
+}
+
+fn resume_check(text: &str) {
+    let plan = config(text).plan("tiny").unwrap();
     assert!(plan.reduced);
     let straight = tempfile::tempdir().unwrap();
     let (a, r) = run(&plan, straight.path(), RunOptions::default());
