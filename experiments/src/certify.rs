@@ -74,7 +74,11 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
     let resolved: Resolved =
         serde_norway::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
     let cfg = resolved.config;
-    let built = build(&resolved.model, cfg.seed)?;
+    let built = build(
+        &resolved.model,
+        cfg.seed,
+        matches!(cfg.method, lmt_train::Method::Parseval { .. }),
+    )?;
     built.load(&args.checkpoint)?;
     let m = method(&args.method)?;
     let dev = Device::Cpu;

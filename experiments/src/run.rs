@@ -84,7 +84,8 @@ impl Built {
 }
 
 /// Builds `model` (a config's, after its profile), initialised from `seed`.
-pub fn build(model: &ModelConfig, seed: u64) -> Result<Built> {
+/// `parseval` gives a WRN the Parseval structure (the `parseval` method).
+pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {
     let varmap = VarMap::new();
     let dev = Device::Cpu;
     let model: Box<dyn Classifier> = match model {
@@ -101,6 +102,7 @@ pub fn build(model: &ModelConfig, seed: u64) -> Result<Built> {
                 dropout: *dropout,
                 classes: 10,
                 avg_pool_shortcut: *avg_pool_shortcut,
+                parseval,
             };
             Box::new(WideResNet::new(cfg, &varmap, seed, &dev)?)
         }

@@ -64,7 +64,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
     }
     let data = load_data(&cfg.dataset, &args.data)?;
-    let built = build(&plan.model, cfg.seed)?;
+    let built = build(
+        &plan.model,
+        cfg.seed,
+        matches!(cfg.method, lmt_train::Method::Parseval { .. }),
+    )?;
     let resolved = serde_norway::to_string(&plan)?;
     write_atomic(&out.join("config.yaml"), resolved.as_bytes())?;
     eprintln!(

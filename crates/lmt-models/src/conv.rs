@@ -32,6 +32,8 @@ pub struct LipConv2d {
     bias: Option<Tensor>,
     cfg: ConvCfg,
     name: String,
+    /// Fixed factor on the output before the bias (Parseval networks: 1/sqrt(kh kw)); part of the bound.
+    scale: f64,
 }
 
 impl LipConv2d {
@@ -64,7 +66,22 @@ impl LipConv2d {
             bias,
             cfg,
             name: name.into(),
+            scale: 1.0,
         })
+    }
+
+    /// The same layer with its output (before the bias) multiplied by `scale`, e.g. Parseval networks'
+    /// 1/sqrt(kh kw). The bound includes the factor.
+    pub fn with_output_scale(self, scale: f64) -> Self {
+        LipConv2d { scale, ..self }
+    }
+
+    /// The operator's kernel as f64, the output scale folded in (what the certified bounds see).
+    fn kernel_f64(&self) -> Result<Vec<f64>> {
+        Ok(tensor_f64(&self.weight)?
+            .into_iter()
+            .map(|w| w * self.scale)
+            .collect())
     }
 
     /// The kernel.
@@ -106,6 +123,15 @@ impl LipConv2d {
     /// layer needs when the windows do not end at the input's edge (e.g. 3x3, stride 2, pad 1 on an even
     /// size), and then returns an input gradient of the wrong shape. Same values, correct gradients.
     fn conv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.conv_unscaled(x)?;
+        if self.scale == 1.0 {
+            Ok(y)
+        } else {
+            y.affine(self.scale, 0.0)
+        }
+    }
+
+    fn conv_unscaled(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (s, p) = (self.cfg.stride, self.cfg.padding);
         if s == 1 {
             return x.conv2d(&self.weight, p, 1, 1, 1);
@@ -127,11 +153,7 @@ impl LipConv2d {
 
     /// The certified bound on an input of shape `input_dims`.
     pub fn certified(&self, input_dims: &[usize], method: CertifyMethod) -> Result<CertifiedBound> {
-        conv_certified(
-            &self.geometry(input_dims)?,
-            &tensor_f64(&self.weight)?,
-            method,
-        )
+        conv_certified(&self.geometry(input_dims)?, &self.kernel_f64()?, method)
     }
 }
 
@@ -223,13 +245,8 @@ impl ConvBn {
             tensor_f64(self.bn.gamma())?,
             tensor_f64(self.bn.running_var().as_tensor())?,
         );
-        let fused = norms::fuse_batch_norm(
-            &g,
-            &tensor_f64(&self.conv.weight)?,
-            &gamma,
-            &var,
-            self.bn.eps(),
-        )?;
+        let fused =
+            norms::fuse_batch_norm(&g, &self.conv.kernel_f64()?, &gamma, &var, self.bn.eps())?;
         conv_certified(&g, &fused, method)
     }
 }

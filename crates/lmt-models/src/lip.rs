@@ -47,6 +47,21 @@ impl Lip {
         })
     }
 
+    /// Multiplication of the activation by a scalar tensor `factor` (e.g. a learned residual weight): the
+    /// bound is multiplied by |factor|.
+    pub fn scaled_by(self, factor: &Tensor) -> Result<Lip> {
+        Ok(match self {
+            Lip::None => Lip::None,
+            Lip::Estimate(e) => Lip::Estimate(e.then(&factor.abs()?)?),
+            Lip::Certified(c) => {
+                let f = factor
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+                Lip::Certified(c.then(CertifiedBound::constant(f)?))
+            }
+        })
+    }
+
     /// Residual addition `f(x) + g(x)`: bounds add. Both sides must carry the same kind.
     pub fn plus(self, other: Lip) -> Result<Lip> {
         Ok(match (self, other) {

@@ -34,6 +34,9 @@ pub struct WideResNetCfg {
     pub classes: usize,
     /// Average-pooling shortcuts (reference 4.3) instead of strided 1x1 convolutions (4.2).
     pub avg_pool_shortcut: bool,
+    /// Parseval-network structure (reference 7.1): every convolution's output scaled by 1/sqrt(kh kw),
+    /// and residual sums `a0 branch + a1 shortcut` with learned weights `groupG.B.alpha` (start 0.5, 0.5).
+    pub parseval: bool,
 }
 
 impl Default for WideResNetCfg {
@@ -44,6 +47,7 @@ impl Default for WideResNetCfg {
             dropout: 0.4,
             classes: 10,
             avg_pool_shortcut: false,
+            parseval: false,
         }
     }
 }
@@ -62,6 +66,8 @@ struct Block {
     conv2: LipConv2d,
     shortcut: Shortcut,
     bn: BatchNorm2d,
+    /// Parseval residual weights (a0 for the branch, a1 for the shortcut).
+    alpha: Option<Tensor>,
 }
 
 /// The network.
@@ -130,7 +136,7 @@ impl WideResNet {
                     seed,
                     dev,
                 )?;
-                LipConv2d::new(
+                let c = LipConv2d::new(
                     w,
                     None,
                     ConvCfg {
@@ -138,7 +144,12 @@ impl WideResNet {
                         padding: k / 2,
                     },
                     name,
-                )
+                )?;
+                Ok(if cfg.parseval {
+                    c.with_output_scale(1.0 / k as f64)
+                } else {
+                    c
+                })
             };
         let stem = ConvBn::new(
             conv("stem.conv", 3, 16, 3, 1)?,
@@ -191,6 +202,18 @@ impl WideResNet {
                         seed,
                         dev,
                     )?,
+                    alpha: if cfg.parseval {
+                        Some(param(
+                            params,
+                            &format!("{name}.alpha"),
+                            2,
+                            Init::Const(0.5),
+                            seed,
+                            dev,
+                        )?)
+                    } else {
+                        None
+                    },
                 });
                 c_in = width;
             }
@@ -228,6 +251,16 @@ impl Classifier for WideResNet {
                 })?,
                 Shortcut::Conv(c) => c.forward_lip(&a, l_a.clone(), ctx)?,
                 Shortcut::PoolConv(p, c) => forward_seq(&[p, c], &a, l_a.clone(), ctx)?,
+            };
+            let (branch, shortcut) = match &block.alpha {
+                None => (branch, shortcut),
+                Some(a) => {
+                    let (a0, a1) = (a.get(0)?, a.get(1)?);
+                    (
+                        (branch.0.broadcast_mul(&a0)?, branch.1.scaled_by(&a0)?),
+                        (shortcut.0.broadcast_mul(&a1)?, shortcut.1.scaled_by(&a1)?),
+                    )
+                }
             };
             let (x_new, l_x) = residual_add(branch, shortcut)?;
             (a, l_a) = forward_seq(&[&block.bn, &Relu], &x_new, l_x.clone(), ctx)?;

@@ -32,6 +32,19 @@ fn wrn_16_4_has_the_authors_parameter_count() {
         // 13 BN layers, each with running mean and variance, kept out of the trainable variables.
         assert_eq!(net.buffers().len(), 26);
     }
+    // Parseval adds the 12 residual weights (2 per block), as the reference counts them.
+    let vm = VarMap::new();
+    WideResNet::new(
+        WideResNetCfg {
+            parseval: true,
+            ..Default::default()
+        },
+        &vm,
+        0,
+        &DEV,
+    )
+    .unwrap();
+    assert_eq!(count(&vm), 2_748_890 + 12);
     assert!(WideResNet::new(
         WideResNetCfg {
             depth: 15,
@@ -45,6 +58,10 @@ fn wrn_16_4_has_the_authors_parameter_count() {
 }
 
 fn small(avg: bool) -> (WideResNet, VarMap) {
+    small_with(avg, false)
+}
+
+fn small_with(avg: bool, parseval: bool) -> (WideResNet, VarMap) {
     let vm = VarMap::new();
     let cfg = WideResNetCfg {
         depth: 10,
@@ -52,6 +69,7 @@ fn small(avg: bool) -> (WideResNet, VarMap) {
         dropout: 0.4,
         classes: 10,
         avg_pool_shortcut: avg,
+        parseval,
     };
     (WideResNet::new(cfg, &vm, 1, &DEV).unwrap(), vm)
 }
@@ -147,8 +165,8 @@ fn dropout_masks_follow_the_step_seed() {
 
 #[test]
 fn certified_bound_exceeds_the_jacobian_norm() {
-    for avg in [false, true] {
-        let (net, _) = small(avg);
+    for (avg, parseval) in [(false, false), (true, false), (false, true)] {
+        let (net, _) = small_with(avg, parseval);
         // Give BN non-trivial running statistics first (training mode updates them).
         let pv = PowerVectors::new(0);
         for s in 0..3 {

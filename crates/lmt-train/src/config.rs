@@ -72,6 +72,13 @@ pub enum ModelConfig {
 pub enum Method {
     /// Softmax cross-entropy (plus weight decay if configured).
     Plain,
+    /// Parseval networks (Cisse et al. 2017) as the authors run them (reference 7.1): the model gets the
+    /// Parseval structure, each update is followed by the simplex projection and the retraction with
+    /// `beta`, and weight decay applies to the last layer only.
+    Parseval {
+        /// Retraction step (1e-4 in the paper's run).
+        beta: f64,
+    },
     /// Spectral-norm regularisation (Yoshida and Miyato 2017) as a gradient hook on every parameter
     /// with at least two dimensions, one power-iteration step per update (reference 7.2).
     SpectralNorm {
@@ -255,6 +262,15 @@ impl TrainConfig {
         if let Method::SpectralNorm { rate, .. } = &self.method {
             positive("method.rate", *rate)?;
         }
+        if let Method::Parseval { beta } = &self.method {
+            positive("method.beta", *beta)?;
+            if !matches!(self.model, ModelConfig::WideResnet { .. }) {
+                return Err(config_err(
+                    "method",
+                    "parseval needs model kind wide_resnet",
+                ));
+            }
+        }
         if let Method::Lmt {
             proposition,
             c,
@@ -334,7 +350,7 @@ fn positive(key: &str, v: f64) -> Result<()> {
 /// GoyalSchedule), then constant. A pure function of the step, so resuming needs no state.
 pub fn c_schedule(method: &Method, epoch_detail: f64) -> f64 {
     match method {
-        Method::Plain | Method::SpectralNorm { .. } => 0.0,
+        Method::Plain | Method::SpectralNorm { .. } | Method::Parseval { .. } => 0.0,
         Method::Lmt {
             c,
             c_start,

@@ -20,5 +20,6 @@ pub mod checkpoint;
 mod config;
 mod error;
 mod optim;
+mod parseval;
 mod spectral;
 mod train;

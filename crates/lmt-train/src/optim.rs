@@ -27,6 +27,8 @@ pub struct Optimizer {
     pub(crate) v: Vec<Tensor>,
     /// Steps taken.
     pub(crate) t: u64,
+    /// Which parameters weight decay applies to (all unless restricted).
+    decay: Vec<bool>,
 }
 
 impl Optimizer {
@@ -37,13 +39,20 @@ impl Optimizer {
             .iter()
             .map(|(_, p)| p.zeros_like())
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let decay = vec![true; params.len()];
         Ok(Optimizer {
             kind,
             m: zeros.clone(),
             v: zeros,
             params,
             t: 0,
+            decay,
         })
+    }
+
+    /// Restricts weight decay to the parameters whose name satisfies `keep` (Parseval: the last layer).
+    pub fn restrict_decay(&mut self, keep: impl Fn(&str) -> bool) {
+        self.decay = self.params.iter().map(|(n, _)| keep(n)).collect();
     }
 
     /// The parameters, by name.
@@ -64,7 +73,7 @@ impl Optimizer {
                 None => p.zeros_like()?,
             };
             let p_now = p.as_tensor().detach();
-            if weight_decay > 0.0 {
+            if weight_decay > 0.0 && self.decay[i] {
                 g = (g + (&p_now * weight_decay)?)?;
             }
             match self.kind {

@@ -17,6 +17,7 @@ use crate::checkpoint::{self, Position};
 use crate::config::{c_schedule, lr_schedule, Method, Plan};
 use crate::error::{Result, TrainError};
 use crate::optim::Optimizer;
+use crate::parseval::parseval_step;
 use crate::spectral::SpectralNormHook;
 
 /// Switches of one invocation (not part of the config).
@@ -137,6 +138,21 @@ pub fn train(
     let log_path = out.join("log.csv");
     let vectors = PowerVectors::new(cfg.seed ^ 0x5eed);
     let mut opt = Optimizer::new(cfg.optimizer.clone(), params)?;
+    if matches!(cfg.method, Method::Parseval { .. }) {
+        // The authors' ParsevalWeightDecay hook: decay on the last layer's weight and bias only.
+        let last = model.last_weight().id();
+        let last_name = opt
+            .params()
+            .iter()
+            .find(|(_, p)| p.as_tensor().id() == last)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default();
+        let last_bias = last_name
+            .strip_suffix(".weight")
+            .map(|s| format!("{s}.bias"))
+            .unwrap_or_default();
+        opt.restrict_decay(|n| n == last_name || n == last_bias);
+    }
     let mut spectral = match &cfg.method {
         Method::SpectralNorm { rate, scaling } => Some(SpectralNormHook::new(
             *rate,
@@ -210,7 +226,7 @@ pub fn train(
             let ctx = Ctx::train(&vectors)
                 .with_seed(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
             let (logits, loss) = match &cfg.method {
-                Method::Plain | Method::SpectralNorm { .. } => {
+                Method::Plain | Method::SpectralNorm { .. } | Method::Parseval { .. } => {
                     let out = model.forward(&x, Lip::None, &ctx)?;
                     let loss = cross_entropy(&out.logits, &y)?;
                     (out.logits, loss)
@@ -266,6 +282,9 @@ pub fn train(
                 hook.apply(&mut grads, opt.params())?;
             }
             opt.step(&grads, lr, cfg.weight_decay)?;
+            if let Method::Parseval { beta } = &cfg.method {
+                parseval_step(opt.params(), model.last_weight(), *beta)?;
+            }
             vectors.refresh(&grads)?;
             loss_sum += loss_value * idx.len() as f64;
             correct += logits
