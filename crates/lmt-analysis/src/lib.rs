@@ -70,7 +70,7 @@ impl Manifest {
             .map(|n| n.get())
             .unwrap_or(0);
         format!(
-            "{} {} , {cores} logical cores",
+            "{} {}, {cores} logical cores",
             std::env::consts::OS,
             std::env::consts::ARCH
         )
