@@ -64,13 +64,22 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The machine this process runs on, in words.
+    /// The machine this process runs on, in words (OS, architecture, CPU model where known, cores).
     pub fn this_machine() -> String {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0);
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".to_string());
         format!(
-            "{} {}, {cores} logical cores",
+            "{} {}, {cpu}, {cores} logical cores",
             std::env::consts::OS,
             std::env::consts::ARCH
         )
