@@ -91,8 +91,12 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         .model
         .forward(&x0, Lip::Certified(CertifiedBound::one()), &Ctx::eval(m))?;
     let (l_sub, l) = (
-        out.l_sub.certified().expect("certified"),
-        out.l.certified().expect("certified"),
+        out.l_sub
+            .certified()
+            .context("the model returned no certified bound")?,
+        out.l
+            .certified()
+            .context("the model returned no certified bound")?,
     );
     let bound_seconds = t_bound.elapsed().as_secs_f64();
 

@@ -246,9 +246,10 @@ pub fn train(
                     } else {
                         &out.l
                     };
+                    // A model must return the kind of number it was given; MixedLip says one did not.
                     let c_l = carried
                         .estimate()
-                        .expect("an estimate was carried")
+                        .ok_or(lmt_models::ModelError::MixedLip)?
                         .tensor()
                         .clone();
                     estimate = c_l.to_dtype(DType::F64)?.to_scalar::<f64>()? / c;
