@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use lmt_analysis::{write_atomic, Manifest};
+use lmt_analysis::write_atomic;
 use lmt_core::{certify_prop1, certify_prop2, Certificate, CertifiedBound, PowerConfig};
 use lmt_models::{CertifyMethod, Ctx, Lip};
 use lmt_train::{batch_tensors, ModelConfig, TrainConfig};
 
-use crate::run::{build, git_revision, load_data};
+use crate::run::{build, load_data, manifest};
 use crate::DataArgs;
 
 /// Flags of `certify`.
@@ -173,31 +173,17 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
     }
     print!("{summary}");
     write_atomic(&out_dir.join("certify_summary.txt"), summary.as_bytes())?;
-    Manifest {
-        experiment: format!("certify {}", cfg.name),
-        profile: resolved.profile,
-        reduced: resolved.reduced || n < data.test.len(),
-        config: text,
-        git_revision: git_revision(),
-        seed: cfg.seed,
-        dataset: data.name.clone(),
-        data_checksums: data
-            .files
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} {} {} ({})",
-                    f.algorithm,
-                    f.digest,
-                    f.path.display(),
-                    f.status()
-                )
-            })
-            .collect(),
-        machine: Manifest::this_machine(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-    }
+    let reduced = resolved.reduced || n < data.test.len();
+    let wall = started.elapsed().as_secs_f64();
+    manifest(
+        format!("certify {}", cfg.name),
+        &resolved.profile,
+        reduced,
+        text,
+        cfg.seed,
+        &data,
+        wall,
+    )
     .write(&out_dir.join("certify_manifest.json"))?;
     Ok(())
 }

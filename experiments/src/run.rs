@@ -144,3 +144,40 @@ pub fn load_data(dataset: &str, args: &DataArgs) -> Result<Dataset> {
 pub fn git_revision() -> String {
     env!("LMT_GIT_REVISION").to_string()
 }
+
+/// The manifest of one output of this binary: everything but what differs per command comes from here.
+pub fn manifest(
+    experiment: String,
+    profile: &str,
+    reduced: bool,
+    config: String,
+    seed: u64,
+    data: &Dataset,
+    wall_seconds: f64,
+) -> lmt_analysis::Manifest {
+    lmt_analysis::Manifest {
+        experiment,
+        profile: profile.to_string(),
+        reduced,
+        config,
+        git_revision: git_revision(),
+        seed,
+        dataset: data.name.clone(),
+        data_checksums: data
+            .files
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} {} ({})",
+                    f.algorithm,
+                    f.digest,
+                    f.path.display(),
+                    f.status()
+                )
+            })
+            .collect(),
+        machine: lmt_analysis::Manifest::this_machine(),
+        wall_seconds,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    }
+}

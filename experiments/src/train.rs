@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use lmt_analysis::{write_atomic, Manifest};
+use lmt_analysis::write_atomic;
 use lmt_train::{train, RunOptions};
 
-use crate::run::{build, git_revision, load_config, load_data};
+use crate::run::{build, load_config, load_data, manifest};
 use crate::DataArgs;
 
 /// Flags of `train`.
@@ -96,31 +96,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     for e in &summary.epochs {
         eprintln!("epoch {:>3}: loss {:.4} train acc {:.4} test acc {:.4} c {} est. bound {:.4} ({:.1} s)", e.epoch, e.train_loss, e.train_accuracy, e.test_accuracy, e.c, e.estimated_bound, e.seconds);
     }
-    let manifest = Manifest {
-        experiment: format!("train {}", cfg.name),
-        profile: plan.profile.clone(),
-        reduced: plan.reduced,
-        config: resolved,
-        git_revision: git_revision(),
-        seed: cfg.seed,
-        dataset: data.name.clone(),
-        data_checksums: data
-            .files
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} {} {} ({})",
-                    f.algorithm,
-                    f.digest,
-                    f.path.display(),
-                    f.status()
-                )
-            })
-            .collect(),
-        machine: Manifest::this_machine(),
-        wall_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-    };
+    let wall = earlier_seconds + started.elapsed().as_secs_f64();
+    let manifest = manifest(
+        format!("train {}", cfg.name),
+        &plan.profile,
+        plan.reduced,
+        resolved,
+        cfg.seed,
+        &data,
+        wall,
+    );
     manifest.write(&out.join("manifest.json"))?;
     eprintln!("checkpoint: {}", summary.checkpoint.display());
     Ok(())
