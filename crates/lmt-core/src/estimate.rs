@@ -15,8 +15,6 @@ use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Shape, Tensor, Var};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::Result;
@@ -99,11 +97,7 @@ impl PowerVectors {
                 return Ok(v.clone());
             }
         }
-        // FNV-1a of the name, so each layer's start is reproducible and independent of creation order.
-        let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ h);
+        let mut rng = crate::named_rng(self.seed, name);
         let mut data: Vec<f32> = (0..shape.elem_count())
             .map(|_| StandardNormal.sample(&mut rng))
             .collect();

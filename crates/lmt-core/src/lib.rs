@@ -35,6 +35,17 @@ pub use loss::{
 pub use norms::{PowerConfig, PowerOutcome};
 
 mod bound;
+
+/// A ChaCha8 generator keyed by `seed` and an FNV-1a hash of `name`: every named random draw (initial
+/// weights, power vectors, dropout masks, regulariser vectors) is reproducible and independent of the
+/// order in which things are created.
+pub fn named_rng(seed: u64, name: &str) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ h)
+}
 mod certify;
 mod conv;
 mod error;

@@ -6,8 +6,6 @@
 
 use candle_core::{Device, Shape, Tensor, Var};
 use candle_nn::VarMap;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::Result;
@@ -47,10 +45,7 @@ pub fn param(
             return insert(varmap, name, Tensor::full(c, shape, device)?);
         }
     };
-    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ h);
+    let mut rng = lmt_core::named_rng(seed, name);
     let data: Vec<f32> = (0..n)
         .map(|_| (std * Distribution::<f64>::sample(&StandardNormal, &mut rng)) as f32)
         .collect();

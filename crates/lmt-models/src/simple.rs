@@ -2,8 +2,7 @@
 //! deliberately not counted, as in the authors' code; at inference dropout is the identity).
 
 use candle_core::Tensor;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::{error::config, Result};
@@ -55,10 +54,7 @@ impl LipModule for Dropout {
         if !ctx.train || self.p == 0.0 {
             return Ok((x.clone(), lip));
         }
-        let h = self.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ h);
+        let mut rng = lmt_core::named_rng(ctx.seed, &self.name);
         let keep = 1.0 / (1.0 - self.p);
         let mask: Vec<f32> = (0..x.elem_count())
             .map(|_| {

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 
 use crate::config::SpectralScaling;
 use crate::Result;
@@ -34,10 +33,7 @@ impl SpectralNormHook {
         let mut vectors = BTreeMap::new();
         for (name, p) in params.iter().filter(|(_, p)| p.rank() >= 2) {
             let out = p.dim(0)?;
-            let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x100000001b3)
-            });
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ h);
+            let mut rng = lmt_core::named_rng(seed, name);
             let a: Vec<f32> = (0..out).map(|_| rng.random::<f32>()).collect();
             vectors.insert(name.clone(), Tensor::from_vec(a, (1, out), p.device())?);
         }
