@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use lmt_models::KolterWong;
+use lmt_models::{Classifier, KolterWong};
 use lmt_train::{
     c_schedule, lr_schedule, train, Method, OptimizerConfig, RunOptions, TrainConfig, TrainError,
 };
@@ -71,6 +71,7 @@ fn run(
     (vm, r)
 }
 
+/// Also the determinism check: the two runs build their models and data order from the seed alone.
 #[test]
 fn resume_is_bit_identical_to_an_uninterrupted_run() {
     if mnist().is_none() {
@@ -277,4 +278,58 @@ fn optimiser_steps_match_the_chainer_formulas() {
     let want = 1.0 + 0.81 * -0.25 - 1.9 * 0.1 * 2.5;
     let got = q.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+}
+
+/// 200 steps of the real loop on 10,000 MNIST images: plain training learns, and LMT from the same
+/// start ends with a smaller certified (dense) bound below the last layer.
+#[test]
+fn plain_training_learns_and_lmt_lowers_the_certified_bound() {
+    let Some(data) = mnist() else { return };
+    let profile = "\n  steps200: { epochs: 1, train_subset: 10000, test_subset: 1000 }\n";
+    let certified_l_sub = |text: &str| -> (f64, f64) {
+        let plan = config(&(text.to_string() + profile))
+            .plan("steps200")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let vm = VarMap::new();
+        let model = KolterWong::new(&vm, plan.config.seed, &Device::Cpu).unwrap();
+        let s = train(
+            &plan,
+            &model,
+            params(&vm),
+            &data,
+            dir.path(),
+            RunOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(s.position.step, 200);
+        let x = Tensor::zeros((1, 1, 28, 28), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let ctx = lmt_models::Ctx::eval(lmt_models::CertifyMethod::Dense);
+        let out = model
+            .forward(
+                &x,
+                lmt_models::Lip::Certified(lmt_core::CertifiedBound::one()),
+                &ctx,
+            )
+            .unwrap();
+        (
+            out.l_sub.certified().unwrap().value(),
+            s.epochs[0].test_accuracy,
+        )
+    };
+    let plain = SMALL.replace(
+        "{ kind: lmt, proposition: 2, capped: true, c: 1.0 }",
+        "{ kind: plain }",
+    );
+    let (l_plain, acc_plain) = certified_l_sub(&plain);
+    let (l_lmt, acc_lmt) = certified_l_sub(SMALL);
+    eprintln!("200 steps: plain acc {acc_plain:.3} L_sub {l_plain:.3}; LMT c = 1 acc {acc_lmt:.3} L_sub {l_lmt:.3}");
+    assert!(
+        acc_plain > 0.85,
+        "plain test accuracy {acc_plain} after 200 steps"
+    );
+    assert!(
+        l_lmt < l_plain,
+        "LMT bound {l_lmt} not below plain {l_plain}"
+    );
 }
