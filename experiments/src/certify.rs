@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use lmt_analysis::write_atomic;
 use lmt_core::{certify_prop1, certify_prop2, Certificate, CertifiedBound, PowerConfig};
 use lmt_models::{CertifyMethod, Ctx, Lip};
-use lmt_train::{batch_tensors, ModelConfig, TrainConfig};
+use lmt_train::batch_tensors;
 
-use crate::run::{build, load_data, manifest};
+use crate::run::{load_data, load_trained, manifest, median};
 use crate::DataArgs;
 
 /// Flags of `certify`.
@@ -52,34 +52,8 @@ fn method(name: &str) -> Result<CertifyMethod> {
 /// `certify_summary.txt`, and prints the summary.
 pub fn run(args: &CertifyArgs) -> Result<()> {
     let started = Instant::now();
-    let dir = args
-        .checkpoint
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cfg_path = dir.join("config.yaml");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
-        format!(
-            "reading {} (written by `experiments train` beside its checkpoint)",
-            cfg_path.display()
-        )
-    })?;
-    #[derive(serde::Deserialize)]
-    struct Resolved {
-        config: TrainConfig,
-        profile: String,
-        model: ModelConfig,
-        reduced: bool,
-    }
-    let resolved: Resolved =
-        serde_norway::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
-    let cfg = resolved.config;
-    let built = build(
-        &resolved.model,
-        cfg.seed,
-        matches!(cfg.method, lmt_train::Method::Parseval { .. }),
-    )?;
-    built.load(&args.checkpoint)?;
+    let trained = load_trained(&args.checkpoint)?;
+    let (cfg, built, dir) = (&trained.config, &trained.built, trained.dir.clone());
     let m = method(&args.method)?;
     let dev = Device::Cpu;
 
@@ -143,15 +117,8 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
     }
     write_atomic(&out_dir.join("certificates.csv"), csv.as_bytes())?;
 
-    let mut radii: Vec<f64> = certs.iter().map(|c| c.radius).collect();
-    radii.sort_by(f64::total_cmp);
-    let median = if radii.is_empty() {
-        f64::NAN
-    } else if radii.len() % 2 == 1 {
-        radii[radii.len() / 2]
-    } else {
-        (radii[radii.len() / 2 - 1] + radii[radii.len() / 2]) / 2.0
-    };
+    let radii: Vec<f64> = certs.iter().map(|c| c.radius).collect();
+    let median = median(&radii);
     let acc = certs
         .iter()
         .filter(|c| c.prediction == Some(c.label))
@@ -161,7 +128,7 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         "model {} ({} profile{}), checkpoint {}\n{n} {} test images; proposition {}; bound method {}\n\
          certified upper bounds: L_sub = {:.6} ({}), L = {:.6} ({}), computed in {bound_seconds:.1} s\n\
          clean accuracy {acc:.4}\nmedian certified radius (misclassified count as 0): {median:.6}\n",
-        cfg.name, resolved.profile, if resolved.reduced { ", REDUCED budget" } else { "" }, args.checkpoint.display(),
+        cfg.name, trained.profile, if trained.reduced { ", REDUCED budget" } else { "" }, args.checkpoint.display(),
         data.name, args.proposition, l_sub.method(), l_sub.value(), l_sub.method(), l.value(), l.method()
     );
     for eps in [0.1, 0.3, 0.5, 1.0] {
@@ -173,13 +140,13 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
     }
     print!("{summary}");
     write_atomic(&out_dir.join("certify_summary.txt"), summary.as_bytes())?;
-    let reduced = resolved.reduced || n < data.test.len();
+    let reduced = trained.reduced || n < data.test.len();
     let wall = started.elapsed().as_secs_f64();
     manifest(
         format!("certify {}", cfg.name),
-        &resolved.profile,
+        &trained.profile,
         reduced,
-        text,
+        trained.config_text.clone(),
         cfg.seed,
         &data,
         wall,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod attack;
 mod certify;
 mod data_info;
 mod run;
@@ -51,6 +52,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Certify every test input of a trained checkpoint (per-input CSV and a summary).
     Certify(certify::CertifyArgs),
+    /// Attack every test input of a checkpoint (C&W, DeepFool or PGD) and check against its certificates.
+    Attack(attack::AttackArgs),
 }
 
 fn main() {
@@ -71,5 +74,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::DataInfo { data } => data_info::run(&data),
         Command::Train(args) => train::run(&args),
         Command::Certify(args) => certify::run(&args),
+        Command::Attack(args) => attack::run(&args),
     }
 }

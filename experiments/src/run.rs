@@ -83,6 +83,68 @@ impl Built {
     }
 }
 
+/// A trained model read back from a checkpoint and the `config.yaml` that `train` wrote beside it.
+pub struct Trained {
+    /// The config the model was trained with.
+    pub config: TrainConfig,
+    /// The profile it ran under.
+    pub profile: String,
+    /// Whether the run's budget was reduced from the paper's.
+    pub reduced: bool,
+    /// The resolved config file, verbatim (for manifests).
+    pub config_text: String,
+    /// The model with the checkpoint's weights.
+    pub built: Built,
+    /// The checkpoint's directory.
+    pub dir: PathBuf,
+}
+
+/// Rebuilds the model of `checkpoint` from its `config.yaml` and loads its weights.
+pub fn load_trained(checkpoint: &Path) -> Result<Trained> {
+    let dir = checkpoint.parent().map(PathBuf::from).unwrap_or_default();
+    let cfg_path = dir.join("config.yaml");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
+        format!(
+            "reading {} (written by `experiments train` beside its checkpoint)",
+            cfg_path.display()
+        )
+    })?;
+    #[derive(serde::Deserialize)]
+    struct Resolved {
+        config: TrainConfig,
+        profile: String,
+        model: ModelConfig,
+        reduced: bool,
+    }
+    let resolved: Resolved =
+        serde_norway::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let built = build(
+        &resolved.model,
+        resolved.config.seed,
+        matches!(resolved.config.method, lmt_train::Method::Parseval { .. }),
+    )?;
+    built.load(checkpoint)?;
+    Ok(Trained {
+        config: resolved.config,
+        profile: resolved.profile,
+        reduced: resolved.reduced,
+        config_text: text,
+        built,
+        dir,
+    })
+}
+
+/// The median of finite values (NaN for none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// Builds `model` (a config's, after its profile), initialised from `seed`.
 /// `parseval` gives a WRN the Parseval structure (the `parseval` method).
 pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {

@@ -30,6 +30,15 @@ pub trait Classifier {
     fn buffers(&self) -> Vec<(String, candle_core::Var)> {
         Vec::new()
     }
+    /// Inference-mode logits (no dropout, BN running statistics, no bound): the function attacks see
+    /// through `lmt_attacks::LogitsFn`, with candle's error type.
+    fn eval_logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.forward(x, Lip::None, &Ctx::eval(crate::CertifyMethod::Auto)) {
+            Ok(out) => Ok(out.logits),
+            Err(crate::ModelError::Candle(e)) => Err(e),
+            Err(e) => Err(candle_core::Error::Msg(e.to_string())),
+        }
+    }
 }
 
 /// What one forward pass returns.
