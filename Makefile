@@ -27,7 +27,7 @@ clippy:
 unit:
 	$(CARGO) test --workspace
 
-MNIST_RUNS = mnist_naive mnist_lmt_c1
+MNIST_RUNS = mnist_naive mnist_lmt_c1 mnist_at_cw30
 EXP = $(CARGO) run --release -q -p experiments --
 
 ## The main job: data, then every experiment of the chosen profile (PROFILE=quick|paper|smoke).

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use candle_core::Tensor;
 use lmt_analysis::write_atomic;
-use lmt_train::{train, RunOptions};
+use lmt_models::Classifier;
+use lmt_train::{train, Adversary, RunOptions};
 
 use crate::run::{build, load_config, load_data, manifest};
 use crate::DataArgs;
@@ -80,10 +82,24 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         plan.epochs,
         out.display()
     );
+    let adversary = match cfg.method {
+        lmt_train::Method::Adversarial {
+            iterations,
+            binary_steps,
+            initial_const,
+        } => Some(CwAdversary(lmt_attacks::CwConfig {
+            iterations,
+            binary_steps,
+            initial_const,
+            ..lmt_attacks::CwConfig::default()
+        })),
+        _ => None,
+    };
     let opts = RunOptions {
         resume: args.resume,
         stop_after_steps: args.stop_after_steps,
         progress: !args.no_progress,
+        adversary: adversary.as_ref().map(|a| a as &dyn Adversary),
     };
     let summary = train(
         &plan,
@@ -109,6 +125,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     manifest.write(&out.join("manifest.json"))?;
     eprintln!("checkpoint: {}", summary.checkpoint.display());
     Ok(())
+}
+
+/// Adversarial training's attack: C&W L2 against the current model in inference mode; the batch becomes
+/// the best adversarial per input, or the clean input where the attack found none.
+struct CwAdversary(lmt_attacks::CwConfig);
+
+impl Adversary for CwAdversary {
+    fn perturb(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        labels: &[usize],
+    ) -> std::result::Result<Tensor, Box<dyn std::error::Error + Send + Sync>> {
+        let f = |x: &Tensor| model.eval_logits(x);
+        Ok(lmt_attacks::carlini_wagner(&f, x, labels, &self.0)?.images)
+    }
 }
 
 /// The `wall_seconds` of an earlier manifest (0 if absent or unreadable; JSON is valid YAML).

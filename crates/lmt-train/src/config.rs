@@ -89,6 +89,18 @@ pub enum Method {
         #[serde(default)]
         scaling: SpectralScaling,
     },
+    /// Adversarial training (the paper's AT baseline, reference 8.3): every batch is replaced by the
+    /// adversarials an untargeted C&W L2 attack finds against the current model (inputs it cannot break
+    /// stay clean), then trained on with plain cross-entropy. The attack comes from the caller
+    /// (`RunOptions::adversary`); these are its hyper-parameters.
+    Adversarial {
+        /// Adam steps per binary-search step (30 in the paper's run).
+        iterations: usize,
+        /// Binary-search steps over the constant (1 in the paper's run).
+        binary_steps: usize,
+        /// The C&W constant (1 in the paper's run).
+        initial_const: f64,
+    },
     /// Lipschitz-margin training.
     Lmt {
         /// 1 (whole-network bound) or 2 (per class pair through the last layer; the paper's runs).
@@ -262,6 +274,20 @@ impl TrainConfig {
         if let Method::SpectralNorm { rate, .. } = &self.method {
             positive("method.rate", *rate)?;
         }
+        if let Method::Adversarial {
+            iterations,
+            binary_steps,
+            initial_const,
+        } = &self.method
+        {
+            if *iterations == 0 || *binary_steps == 0 {
+                return Err(config_err(
+                    "method.iterations",
+                    "adversarial training needs iterations >= 1 and binary_steps >= 1",
+                ));
+            }
+            positive("method.initial_const", *initial_const)?;
+        }
         if let Method::Parseval { beta } = &self.method {
             positive("method.beta", *beta)?;
             if !matches!(self.model, ModelConfig::WideResnet { .. }) {
@@ -350,7 +376,10 @@ fn positive(key: &str, v: f64) -> Result<()> {
 /// GoyalSchedule), then constant. A pure function of the step, so resuming needs no state.
 pub fn c_schedule(method: &Method, epoch_detail: f64) -> f64 {
     match method {
-        Method::Plain | Method::SpectralNorm { .. } | Method::Parseval { .. } => 0.0,
+        Method::Plain
+        | Method::SpectralNorm { .. }
+        | Method::Parseval { .. }
+        | Method::Adversarial { .. } => 0.0,
         Method::Lmt {
             c,
             c_start,

@@ -36,6 +36,9 @@ pub enum TrainError {
         /// What is wrong and what to do.
         detail: String,
     },
+    /// The adversary of adversarial training failed.
+    #[error("crafting the adversarial batch failed: {0}")]
+    Adversary(String),
     /// I/O on a named file.
     #[error("cannot write {path}: {source}")]
     Io {

@@ -14,7 +14,9 @@ pub use config::{
 };
 pub use error::{Result, TrainError};
 pub use optim::Optimizer;
-pub use train::{accuracy, batch_tensors, train, EpochLog, RunOptions, Summary, LOG_HEADER};
+pub use train::{
+    accuracy, batch_tensors, train, Adversary, EpochLog, RunOptions, Summary, LOG_HEADER,
+};
 
 pub mod checkpoint;
 mod config;

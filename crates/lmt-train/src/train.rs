@@ -20,15 +20,31 @@ use crate::optim::Optimizer;
 use crate::parseval::parseval_step;
 use crate::spectral::SpectralNormHook;
 
+/// Crafts the adversarial batch that replaces a clean one in adversarial training.
+///
+/// The loop knows no attack (lmt-train does not depend on lmt-attacks); `experiments` implements this
+/// with lmt-attacks' C&W for configs whose method is `adversarial`.
+pub trait Adversary {
+    /// Adversarial versions of `x` (labels `labels`) against `model` in inference mode.
+    fn perturb(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        labels: &[usize],
+    ) -> std::result::Result<Tensor, Box<dyn std::error::Error + Send + Sync>>;
+}
+
 /// Switches of one invocation (not part of the config).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
+#[derive(Clone, Copy, Default)]
+pub struct RunOptions<'a> {
     /// Continue from `<out>/checkpoint.safetensors` if it exists.
     pub resume: bool,
     /// Stop (with a checkpoint) after this many global steps; for tests and interrupted runs.
     pub stop_after_steps: Option<usize>,
     /// Show a progress bar.
     pub progress: bool,
+    /// The attack that crafts each batch, for the `adversarial` method (required there, unused elsewhere).
+    pub adversary: Option<&'a dyn Adversary>,
 }
 
 /// One row of `log.csv`.
@@ -130,6 +146,12 @@ pub fn train(
 ) -> Result<Summary> {
     let device = Device::Cpu;
     let cfg = &plan.config;
+    if matches!(cfg.method, Method::Adversarial { .. }) && opts.adversary.is_none() {
+        return Err(TrainError::Config {
+            key: "method".into(),
+            detail: "`adversarial` needs an attack: run it through `experiments train`, or pass RunOptions::adversary".into(),
+        });
+    }
     std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
         path: out.to_path_buf(),
         source,
@@ -221,12 +243,23 @@ pub fn train(
             let step = epoch * steps_per_epoch + b + 1;
             c = c_schedule(&cfg.method, (step - 1) as f64 / steps_per_epoch as f64);
             let lr = lr_schedule(&cfg.optimizer, epoch);
-            let (x, y) = batch_tensors(&data.train, idx, &device)?;
+            let (mut x, y) = batch_tensors(&data.train, idx, &device)?;
+            if let (Method::Adversarial { .. }, Some(adv)) = (&cfg.method, opts.adversary) {
+                // The authors' AT: the whole batch is replaced by its adversarials (no clean mix).
+                let labels: Vec<usize> =
+                    idx.iter().map(|&i| data.train.labels[i] as usize).collect();
+                x = adv
+                    .perturb(model, &x, &labels)
+                    .map_err(|e| TrainError::Adversary(e.to_string()))?;
+            }
             // Dropout masks from (seed, step): reproducible, and a resumed run needs no generator state.
             let ctx = Ctx::train(&vectors)
                 .with_seed(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
             let (logits, loss) = match &cfg.method {
-                Method::Plain | Method::SpectralNorm { .. } | Method::Parseval { .. } => {
+                Method::Plain
+                | Method::SpectralNorm { .. }
+                | Method::Parseval { .. }
+                | Method::Adversarial { .. } => {
                     let out = model.forward(&x, Lip::None, &ctx)?;
                     let loss = cross_entropy(&out.logits, &y)?;
                     (out.logits, loss)

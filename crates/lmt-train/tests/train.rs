@@ -333,3 +333,64 @@ fn plain_training_learns_and_lmt_lowers_the_certified_bound() {
         "LMT bound {l_lmt} not below plain {l_plain}"
     );
 }
+
+/// Records every call; returns all-zero images so the effect on training is visible.
+struct ZeroAdversary(std::sync::Mutex<Vec<Vec<usize>>>);
+
+impl lmt_train::Adversary for ZeroAdversary {
+    fn perturb(
+        &self,
+        _model: &dyn Classifier,
+        x: &Tensor,
+        labels: &[usize],
+    ) -> Result<Tensor, Box<dyn std::error::Error + Send + Sync>> {
+        self.0.lock().unwrap().push(labels.to_vec());
+        Ok(x.zeros_like()?)
+    }
+}
+
+#[test]
+fn adversarial_training_trains_on_the_adversary_batches_and_needs_one() {
+    let Some(data) = mnist() else { return };
+    let text = SMALL.replace(
+        "{ kind: lmt, proposition: 2, capped: true, c: 1.0 }",
+        "{ kind: adversarial, iterations: 30, binary_steps: 1, initial_const: 1.0 }",
+    );
+    let plan = config(&text).plan("tiny").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(&plan, dir.path(), RunOptions::default()).1.unwrap_err();
+    assert!(err.to_string().contains("needs an attack"), "{err}");
+
+    let adv = ZeroAdversary(Default::default());
+    let (vm, r) = run(
+        &plan,
+        dir.path(),
+        RunOptions {
+            adversary: Some(&adv),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.unwrap().position.step, 20);
+    let calls = adv.0.into_inner().unwrap();
+    assert_eq!(calls.len(), 20, "one adversarial batch per step");
+    // The labels handed over are the batch's true labels (the first batch of epoch 0).
+    let first = lmt_data::epoch_batches(500, 50, plan.config.seed, 0).remove(0);
+    let want: Vec<usize> = first
+        .iter()
+        .map(|&i| data.train.labels[i] as usize)
+        .collect();
+    assert_eq!(calls[0], want);
+    // Trained on all-zero images only the biases can move: every weight keeps its initial value.
+    let fresh = VarMap::new();
+    KolterWong::new(&fresh, plan.config.seed, &Device::Cpu).unwrap();
+    let conv1 = |vm: &VarMap| -> Vec<f32> {
+        let d = vm.data().lock().unwrap();
+        d["conv1.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(conv1(&vm), conv1(&fresh));
+}
