@@ -1,5 +1,7 @@
-//! Analysis and outputs for lmt-rs. For now: the [`Manifest`] every generated result carries, written
-//! atomically beside it. Tables (polars) and figures (plotters) of the paper's Section 6 land here next.
+//! Analysis and outputs for lmt-rs: the [`Manifest`] every generated result carries, [`Table`] (CSV in
+//! and out, written atomically), the statistics of Section 6 ([`stats`]: medians, cumulative curves,
+//! per-point ratios, the margin-over-Lipschitz radius of inequality (5)), and figures ([`plot`]: line and
+//! log-scale bar charts, image grids, each as PNG and SVG with an embedded font).
 //!
 //! **Invariant:** the only crate (besides `experiments`) that writes result files.
 #![deny(missing_docs)]
@@ -8,6 +10,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub mod plot;
+pub mod stats;
+mod table;
+
+pub use table::Table;
 
 /// Failure to write an output.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +30,22 @@ pub enum AnalysisError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// A CSV that cannot be read as the table the caller expects.
+    #[error("{path}: {detail}")]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A figure could not be drawn.
+    #[error("drawing {path}: {detail}")]
+    Plot {
+        /// The figure file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
     },
     /// Serialisation failed.
     #[error("cannot serialise {what}: {source}")]

@@ -3,8 +3,8 @@
 use candle_core::Tensor;
 
 use crate::{
-    check_batch, l2_distance, logits_and_grad, misclassified, non_negative, Adversarial,
-    AttackError, AttackOutcome, Batch, LogitsFn, Result,
+    check_batch, class_gradients, l2_distance, misclassified, non_negative, Adversarial,
+    AttackError, AttackOutcome, Batch, ClassGradients, LogitsFn, Result,
 };
 
 /// Hyper-parameters of DeepFool. The defaults are the paper's: overshoot 0.02, 50 iterations, no clipping.
@@ -37,9 +37,8 @@ const STEP_OFFSET: f64 = 1e-4;
 
 /// Untargeted DeepFool L2 on a batch of images with their labels.
 ///
-/// Per iteration, the gradients of all `K` logits of every active input come from ONE backward pass: the
-/// active inputs are replicated `K` times and replica `k` back-propagates its own logit `z_k` (the samples
-/// of a batch are independent, so the gradient of the sum is each replica's own gradient). The step moves
+/// Per iteration, the gradients of all `K` logits of every active input come from ONE backward pass
+/// ([`class_gradients`]). The step moves
 /// toward the nearest linearised boundary `l* = argmin_k |f_k| / ||w_k||` with `f_k = z_k - z_t` and
 /// `w_k = grad z_k - grad z_t`, by `(1 + overshoot) (|f| + 1e-4) / ||w||^2 * w`.
 pub fn deepfool(
@@ -73,32 +72,20 @@ pub fn deepfool(
             break;
         }
         let a = active.len();
-        // Replica block c holds every active image; its loss is the sum of logit c over the block.
-        let mut rep = Vec::with_capacity(k * a * n);
-        for _ in 0..k {
-            for &i in &active {
-                rep.extend_from_slice(&cur[i * n..(i + 1) * n]);
-            }
+        let mut pts = Vec::with_capacity(a * n);
+        for &i in &active {
+            pts.extend_from_slice(&cur[i * n..(i + 1) * n]);
         }
-        let mut rep_shape = shape.clone();
-        rep_shape[0] = k * a;
-        let rep = Tensor::from_vec(rep, rep_shape.as_slice(), dev)?;
-        let mut select = vec![0f32; k * a * k];
-        for c in 0..k {
-            for j in 0..a {
-                select[(c * a + j) * k + c] = 1.0;
-            }
-        }
-        let select = Tensor::from_vec(select, (k * a, k), dev)?;
-        let (z, g) = logits_and_grad(f, &rep, |z| Ok((z * &select)?.sum_all()?))?;
-        let z: Vec<f32> = z.flatten_all()?.to_vec1()?;
-        if z.iter().any(|v| !v.is_finite()) {
-            return Err(AttackError::NonFinite("logits"));
-        }
-        let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+        let mut pts_shape = shape.clone();
+        pts_shape[0] = a;
+        let ClassGradients {
+            logits: z,
+            grads: g,
+            ..
+        } = class_gradients(f, &Tensor::from_vec(pts, pts_shape.as_slice(), dev)?, k)?;
         for (j, &i) in active.iter().enumerate() {
             let t = labels[i];
-            let zi = &z[j * k..(j + 1) * k]; // replica block 0 holds the logits at the current point
+            let zi = &z[j * k..(j + 1) * k];
             let img = i * n..(i + 1) * n;
             if misclassified(zi, t) {
                 result[i] = Some(Adversarial {
@@ -116,7 +103,7 @@ pub fn deepfool(
                 });
                 continue;
             }
-            let grad = |c: usize| &g[(c * a + j) * n..(c * a + j + 1) * n];
+            let grad = |c: usize| &g[(j * k + c) * n..(j * k + c + 1) * n];
             let gt = grad(t);
             // Nearest linearised boundary among classes with a non-zero gradient difference.
             let mut best: Option<(f64, f64, usize)> = None; // (distance, |f|, class)

@@ -31,10 +31,13 @@ use candle_core::{DType, Tensor, Var};
 
 mod cw;
 mod deepfool;
+mod lower;
 mod pgd;
 
 pub use cw::{carlini_wagner, CwConfig};
+// `class_gradients` and `ClassGradients` are defined below and public.
 pub use deepfool::{deepfool, DeepFoolConfig};
+pub use lower::{gradient_pair_norms, local_lipschitz_lower, PairMatrix};
 pub use pgd::{pgd, PgdConfig};
 
 /// A differentiable function from images `(B, C, H, W)` to logits `(B, K)`.
@@ -224,6 +227,66 @@ pub(crate) fn margin_tensor(z: &Tensor, onehot: &Tensor) -> Result<Tensor> {
     let floor = Tensor::full(f32::MIN, z.dims(), z.device())?;
     let others = onehot.ne(0f32)?.where_cond(&floor, z)?;
     Ok((z_t - others.max(1)?)?)
+}
+
+/// The logits of a batch and the input gradient of every logit, from ONE backward pass.
+#[derive(Debug, Clone)]
+pub struct ClassGradients {
+    /// Logits, flat `(B, K)`.
+    pub logits: Vec<f32>,
+    /// Gradients, flat `(B, K, n)`: entry `(b, k)` is the gradient of `z_k` at input `b`.
+    pub grads: Vec<f32>,
+    /// Values per image.
+    pub n: usize,
+}
+
+/// All `K` class gradients of a batch in one backward pass: the batch is replicated `K` times and replica
+/// `k` back-propagates the sum of its logit `z_k` (samples are independent in inference mode, so each
+/// replica receives its own gradient). Costs one forward and backward pass over `K B` images.
+pub fn class_gradients(f: &dyn LogitsFn, x: &Tensor, k: usize) -> Result<ClassGradients> {
+    let b = x.dim(0)?;
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let n = xs.len() / b.max(1);
+    let mut rep = Vec::with_capacity(k * b * n);
+    for _ in 0..k {
+        rep.extend_from_slice(&xs);
+    }
+    let mut shape = x.dims().to_vec();
+    shape[0] = k * b;
+    let rep = Tensor::from_vec(rep, shape.as_slice(), x.device())?;
+    let mut select = vec![0f32; k * b * k];
+    for c in 0..k {
+        for j in 0..b {
+            select[(c * b + j) * k + c] = 1.0;
+        }
+    }
+    let select = Tensor::from_vec(select, (k * b, k), x.device())?;
+    let (z, g) = logits_and_grad(f, &rep, |z| Ok((z * &select)?.sum_all()?))?;
+    let z: Vec<f32> = z.flatten_all()?.to_vec1()?;
+    if z.len() != k * b * k {
+        return Err(AttackError::Invalid(format!(
+            "the logits function returned {} values for {} images of {k} classes",
+            z.len(),
+            k * b
+        )));
+    }
+    if z.iter().any(|v| !v.is_finite()) {
+        return Err(AttackError::NonFinite("logits"));
+    }
+    let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+    // Reorder replica-major (c, b) into input-major (b, c); replica block 0 holds the logits.
+    let mut grads = vec![0f32; b * k * n];
+    for c in 0..k {
+        for j in 0..b {
+            grads[(j * k + c) * n..(j * k + c + 1) * n]
+                .copy_from_slice(&g[(c * b + j) * n..(c * b + j + 1) * n]);
+        }
+    }
+    Ok(ClassGradients {
+        logits: z[..b * k].to_vec(),
+        grads,
+        n,
+    })
 }
 
 /// Logits and the gradient of `loss(logits)` with respect to the images.

@@ -294,3 +294,28 @@ fn bad_arguments_are_rejected_with_a_message() {
     let err = carlini_wagner(&nan, &image(&x), &[t], &CwConfig::default()).unwrap_err();
     assert!(err.to_string().contains("non-finite"), "{err}");
 }
+
+#[test]
+fn gradient_lower_bounds_of_a_linear_model_are_its_weight_differences() {
+    let (lin, x, _, _) = cases(9, 1, 0.0).remove(0);
+    let f = |x: &Tensor| lin.logits(x);
+    let batch =
+        Tensor::from_vec([x.clone(), x.clone()].concat(), (2, 1, 4, 4), &Device::Cpu).unwrap();
+    let per_input = lmt_attacks::gradient_pair_norms(&f, &batch, K).unwrap();
+    let local = lmt_attacks::local_lipschitz_lower(&f, &batch, K, 3, 0).unwrap();
+    for i in 0..K {
+        for j in 0..K {
+            let want = (0..N)
+                .map(|c| (lin.w[i * N + c] as f64 - lin.w[j * N + c] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            for m in per_input.iter().chain([&local]) {
+                assert!(
+                    (m.get(i, j) - want).abs() < 1e-5 * want.max(1.0),
+                    "({i},{j}): {} vs {want}",
+                    m.get(i, j)
+                );
+            }
+        }
+    }
+}
