@@ -70,6 +70,31 @@ pub struct AttackArgs {
     pub data: DataArgs,
 }
 
+impl AttackArgs {
+    /// The defaults of the command line for `checkpoint` and an attack label (`cw`, `deepfool`,
+    /// `deepfool_clip` or `pgd`).
+    pub fn new(checkpoint: &std::path::Path, label: &str, data: DataArgs) -> Self {
+        AttackArgs {
+            checkpoint: checkpoint.to_path_buf(),
+            attack: label.trim_end_matches("_clip").to_string(),
+            out: None,
+            test_subset: None,
+            batch_size: 100,
+            cw_iterations: 100,
+            cw_binary_steps: 9,
+            cw_initial_const: 1e-3,
+            cw_lr: 1e-2,
+            deepfool_clip: label.ends_with("_clip"),
+            epsilon: None,
+            pgd_steps: 50,
+            restarts: 1,
+            seed: 0,
+            certificates: None,
+            data,
+        }
+    }
+}
+
 /// One attack, configured from the flags.
 enum Attack {
     Cw(CwConfig),

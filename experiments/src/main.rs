@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 mod attack;
 mod certify;
 mod data_info;
+mod figures;
+mod pipeline;
 mod run;
+mod summary;
+mod table1;
 mod train;
 
 /// Lipschitz-margin training and certification (Tsuzuku, Sato and Sugiyama, NeurIPS 2018) in Rust.
@@ -39,6 +43,10 @@ pub struct DataArgs {
     /// class = digit.
     #[arg(long)]
     pub svhn_authors_labels: bool,
+    /// Run SVHN configs on the named stand-in (MNIST padded to 32x32 and repeated to 3 channels) instead
+    /// of SVHN; every output names the stand-in. `table1` sets this when no --svhn-dir is given.
+    #[arg(long)]
+    pub svhn_stand_in: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +62,20 @@ enum Command {
     Certify(certify::CertifyArgs),
     /// Attack every test input of a checkpoint (C&W, DeepFool or PGD) and check against its certificates.
     Attack(attack::AttackArgs),
+    /// Figure 3: per-layer bounds on conv2 of the naive and LMT MNIST models, and on pooling.
+    Fig3(pipeline::AnalysisArgs),
+    /// Figure 4: certified radius, gradient lower bounds and attack distances for naive, AT and LMT models.
+    Fig4(pipeline::AnalysisArgs),
+    /// Figure 5: images moved by exactly their certified radius, still classified correctly.
+    Fig5(pipeline::AnalysisArgs),
+    /// Table 1: accuracy under C&W at L2 sizes 0.2/0.5/1.0 (SVHN with --svhn-dir, else the named stand-in).
+    Table1(pipeline::AnalysisArgs),
+    /// Certified accuracy and accuracy under attack against radius, for every run of the profile.
+    Curves(pipeline::AnalysisArgs),
+    /// Regenerates results/<profile>/SUMMARY.md from the CSVs.
+    Summary(pipeline::AnalysisArgs),
+    /// Everything for a profile: fig3, fig4, fig5, table1, curves and SUMMARY.md (resumes where it stopped).
+    Reproduce(pipeline::AnalysisArgs),
 }
 
 fn main() {
@@ -69,11 +91,41 @@ fn main() {
     }
 }
 
+/// Every experiment of a profile, in order; each step skips what is already on disk.
+fn reproduce(a: &pipeline::AnalysisArgs) -> Result<()> {
+    type Step = fn(&pipeline::AnalysisArgs) -> Result<()>;
+    let steps: [(&str, Step); 6] = [
+        ("fig3", figures::fig3),
+        ("fig4", figures::fig4),
+        ("fig5", figures::fig5),
+        ("table1", table1::table1),
+        ("curves", figures::curves),
+        ("summary", summary::summary),
+    ];
+    for (i, (name, step)) in steps.iter().enumerate() {
+        eprintln!(
+            "== reproduce ({} profile): step {}/{}: {name}",
+            a.profile,
+            i + 1,
+            steps.len()
+        );
+        step(a)?;
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::DataInfo { data } => data_info::run(&data),
         Command::Train(args) => train::run(&args),
         Command::Certify(args) => certify::run(&args),
         Command::Attack(args) => attack::run(&args),
+        Command::Fig3(a) => figures::fig3(&a),
+        Command::Fig4(a) => figures::fig4(&a),
+        Command::Fig5(a) => figures::fig5(&a),
+        Command::Table1(a) => table1::table1(&a),
+        Command::Curves(a) => figures::curves(&a),
+        Command::Summary(a) => summary::summary(&a),
+        Command::Reproduce(a) => reproduce(&a),
     }
 }

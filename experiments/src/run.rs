@@ -172,10 +172,23 @@ pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {
     Ok(Built { model, varmap })
 }
 
+/// The name every output of a stand-in run carries: never "svhn".
+pub const STAND_IN: &str = "mnist-padded-32x32x3 (STAND-IN for svhn)";
+
 /// Loads the data set a config names from the directories in `args`.
 pub fn load_data(dataset: &str, args: &DataArgs) -> Result<Dataset> {
     match dataset {
         "mnist" => Ok(lmt_data::load_mnist(&args.mnist_dir).context("loading MNIST")?),
+        "svhn" if args.svhn_stand_in => {
+            let mnist = lmt_data::load_mnist(&args.mnist_dir)
+                .context("loading MNIST for the SVHN stand-in")?;
+            Ok(Dataset {
+                name: STAND_IN.to_string(),
+                train: mnist.train.pad_and_repeat(32, 3),
+                test: mnist.test.pad_and_repeat(32, 3),
+                files: mnist.files,
+            })
+        }
         "svhn" => {
             let Some(dir) = &args.svhn_dir else {
                 bail!("this run needs the official SVHN files: pass --svhn-dir DIR (or set SVHN_DIR) with train_32x32.mat and test_32x32.mat");

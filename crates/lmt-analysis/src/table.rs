@@ -43,8 +43,21 @@ impl Table {
         s
     }
 
-    /// Writes the CSV to `path` atomically.
+    /// Writes the CSV to `path` atomically; a cell with a comma, quote or newline is an error (this
+    /// writer does not quote, so such a cell would shift every later column).
     pub fn write(&self, path: &Path) -> Result<()> {
+        let bad = |c: &String| c.contains([',', '"', '\n', '\r']);
+        if let Some(c) = self
+            .header
+            .iter()
+            .chain(self.rows.iter().flatten())
+            .find(|c| bad(c))
+        {
+            return Err(csv_err(
+                path,
+                format!("cell `{c}` contains a comma, quote or newline"),
+            ));
+        }
         write_atomic(path, self.to_csv().as_bytes())
     }
 
@@ -136,6 +149,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no column `radius`"));
+        let mut bad = Table::new(&["a"]);
+        bad.push(vec!["x,y".into()]);
+        assert!(bad
+            .write(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("contains a comma"));
         std::fs::write(&p, "a,b\n1\n").unwrap();
         let e = Table::read(&p).unwrap_err().to_string();
         assert!(e.contains("row 2 has 1 fields"), "{e}");

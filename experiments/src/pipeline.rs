@@ -1,0 +1,180 @@
+//! The shared steps of the paper's experiments: budgets per profile, and train / certify / attack steps
+//! that skip work already done, so an interrupted `reproduce` resumes where it stopped.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::DataArgs;
+
+/// Flags shared by fig3, fig4, fig5, curves, table1 and reproduce.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AnalysisArgs {
+    /// Budget profile: smoke, quick or paper (anything but paper is REDUCED and says so).
+    #[arg(long, default_value = "quick")]
+    pub profile: String,
+    /// Root of the result tables (written to <results>/<profile>/).
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Root of the figures (written to <figures>/<profile>/).
+    #[arg(long, default_value = "figures")]
+    pub figures: PathBuf,
+    /// Restrict fig4 to some MNIST models (comma-separated: naive, AT, LMT; default all three).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// How much of the test set each analysis uses, per profile (training budgets live in the configs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// Test points of Figure 4 (the paper: all 10,000).
+    pub fig4_points: usize,
+    /// Gaussian draws of the local lower bound per batch (the authors: 100).
+    pub draws: usize,
+    /// Test points of Table 1 attacked with C&W (the paper: all 26,032 SVHN test images).
+    pub table1_points: usize,
+    /// C&W iterations per binary-search step in Table 1 (the paper: 100).
+    pub cw_iterations: usize,
+    /// C&W binary-search steps in Table 1 (the paper: 9).
+    pub cw_binary_steps: usize,
+}
+
+impl Budget {
+    /// The budget of `profile`; anything but `paper` is reduced.
+    pub fn of(profile: &str) -> Budget {
+        match profile {
+            "paper" => Budget {
+                fig4_points: 10_000,
+                draws: 100,
+                table1_points: 2_000,
+                cw_iterations: 100,
+                cw_binary_steps: 9,
+            },
+            // C&W on the WRN costs ~20 ms per image and step on 2 cores: 30 points x 30 x 9 keeps Table 1
+            // near 15 minutes.
+            "quick" => Budget {
+                fig4_points: 1_000,
+                draws: 100,
+                table1_points: 30,
+                cw_iterations: 30,
+                cw_binary_steps: 9,
+            },
+            _ => Budget {
+                fig4_points: 100,
+                draws: 3,
+                table1_points: 10,
+                cw_iterations: 5,
+                cw_binary_steps: 2,
+            },
+        }
+    }
+
+    /// Whether this budget is below the paper's analysis (Table 1 always is on CPU: the paper attacks all
+    /// 26,032 SVHN test images).
+    pub fn reduced(&self) -> bool {
+        self.fig4_points < 10_000 || self.draws < 100 || self.cw_iterations < 100
+    }
+}
+
+/// `<results>/<profile>/<config>` (or `standin_<config>` on the SVHN stand-in, so the two never mix).
+pub fn run_dir(a: &AnalysisArgs, config: &str) -> PathBuf {
+    let name = if a.data.svhn_stand_in {
+        format!("standin_{config}")
+    } else {
+        config.to_string()
+    };
+    a.results.join(&a.profile).join(name)
+}
+
+/// True when `file` exists and is at least as new as `than`.
+fn fresh(file: &Path, than: &Path) -> bool {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((m(file), m(than)), (Some(f), Some(t)) if f >= t)
+}
+
+/// Trains `config` under the profile (resuming; nothing to do when complete); returns the checkpoint.
+pub fn ensure_trained(a: &AnalysisArgs, config: &str) -> Result<PathBuf> {
+    let out = run_dir(a, config);
+    crate::train::run(&crate::train::TrainArgs {
+        config: config.to_string(),
+        profile: a.profile.clone(),
+        out: Some(out.clone()),
+        resume: true,
+        stop_after_steps: None,
+        no_progress: false,
+        data: a.data.clone(),
+    })
+    .with_context(|| format!("training {config}"))?;
+    Ok(out.join("checkpoint.safetensors"))
+}
+
+/// Certifies the first `points` test inputs of `ckpt` (all when `None`) unless certificates newer than
+/// the checkpoint cover them.
+pub fn ensure_certified(a: &AnalysisArgs, ckpt: &Path, points: Option<usize>) -> Result<()> {
+    let dir = ckpt.parent().unwrap_or(Path::new("."));
+    let certs = dir.join("certificates.csv");
+    if fresh(&certs, ckpt) {
+        let rows = std::fs::read_to_string(&certs)
+            .map(|t| t.lines().count().saturating_sub(1))
+            .unwrap_or(0);
+        if points.is_some_and(|p| rows >= p)
+            || (points.is_none() && rows > 0 && rows_complete(ckpt, rows))
+        {
+            return Ok(());
+        }
+    }
+    crate::certify::run(&crate::certify::CertifyArgs {
+        checkpoint: ckpt.to_path_buf(),
+        out: None,
+        method: "auto".into(),
+        proposition: 2,
+        test_subset: points,
+        data: a.data.clone(),
+    })
+    .with_context(|| format!("certifying {}", ckpt.display()))
+}
+
+/// Whether `rows` certificates cover the whole test set of the run (its certify summary says how many).
+fn rows_complete(ckpt: &Path, rows: usize) -> bool {
+    let summary = ckpt.with_file_name("certify_summary.txt");
+    std::fs::read_to_string(summary)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+        })
+        .is_some_and(|n| n == rows && n >= 10_000)
+}
+
+/// The rows of `attack_<label>.csv` beside `ckpt`, if it is newer than the checkpoint.
+pub fn attack_rows(ckpt: &Path, label: &str) -> usize {
+    let dir = ckpt.parent().unwrap_or(Path::new("."));
+    let f = dir.join(format!("attack_{label}.csv"));
+    if !fresh(&f, ckpt) {
+        return 0;
+    }
+    std::fs::read_to_string(&f)
+        .map(|t| t.lines().count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
+/// Runs an attack on the first `points` test inputs unless a result at least that large is on disk.
+/// `label` is the file label (`deepfool`, `deepfool_clip`, `cw`), `attack` the `--attack` value.
+pub fn ensure_attacked(
+    a: &AnalysisArgs,
+    ckpt: &Path,
+    label: &str,
+    points: usize,
+    configure: impl FnOnce(&mut crate::attack::AttackArgs),
+) -> Result<()> {
+    if attack_rows(ckpt, label) >= points {
+        return Ok(());
+    }
+    let mut args = crate::attack::AttackArgs::new(ckpt, label, a.data.clone());
+    args.test_subset = Some(points);
+    configure(&mut args);
+    crate::attack::run(&args).with_context(|| format!("attacking {} ({label})", ckpt.display()))
+}
