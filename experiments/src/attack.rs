@@ -14,8 +14,9 @@ use lmt_attacks::{
 use lmt_models::Classifier;
 use lmt_train::batch_tensors;
 
-use crate::run::{load_data, load_trained, manifest, median};
+use crate::run::{load_data, load_trained, manifest};
 use crate::DataArgs;
+use lmt_analysis::stats::median;
 
 /// Flags of `attack`.
 #[derive(Debug, clap::Args)]

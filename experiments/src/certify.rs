@@ -10,8 +10,9 @@ use lmt_core::{certify_prop1, certify_prop2, Certificate, CertifiedBound, PowerC
 use lmt_models::{CertifyMethod, Ctx, Lip};
 use lmt_train::batch_tensors;
 
-use crate::run::{load_data, load_trained, manifest, median};
+use crate::run::{load_data, load_trained, manifest};
 use crate::DataArgs;
+use lmt_analysis::stats::median;
 
 /// Flags of `certify`.
 #[derive(Debug, clap::Args)]

@@ -134,17 +134,6 @@ pub fn load_trained(checkpoint: &Path) -> Result<Trained> {
     })
 }
 
-/// The median of finite values (NaN for none).
-pub fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Builds `model` (a config's, after its profile), initialised from `seed`.
 /// `parseval` gives a WRN the Parseval structure (the `parseval` method).
 pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {

@@ -51,7 +51,7 @@ fn training_never_depends_on_attacks_or_analysis() {
 }
 
 #[test]
-fn only_analysis_knows_polars_and_plotters_and_only_experiments_knows_clap_and_yaml() {
+fn only_analysis_knows_plotters_and_only_experiments_knows_clap_and_yaml() {
     for krate in [
         "lmt-data",
         "lmt-core",
@@ -60,7 +60,7 @@ fn only_analysis_knows_polars_and_plotters_and_only_experiments_knows_clap_and_y
         "lmt-train",
     ] {
         let d = deps(krate);
-        for heavy in ["polars", "plotters", "clap", "serde_norway"] {
+        for heavy in ["plotters", "clap", "serde_norway"] {
             assert!(!d.contains(heavy), "{krate} depends on {heavy}");
         }
     }

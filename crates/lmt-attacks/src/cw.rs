@@ -3,8 +3,8 @@
 use candle_core::{Tensor, Var};
 
 use crate::{
-    best_other, check_batch, l2_distance, margin_tensor, misclassified, one_hot, positive,
-    Adversarial, AttackError, AttackOutcome, Batch, LogitsFn, Result,
+    best_other, check_batch, l2_distance, margin_tensor, one_hot, positive, Adversarial,
+    AttackError, AttackOutcome, Batch, LogitsFn, Result,
 };
 
 /// Hyper-parameters of C&W L2. The defaults are the paper's evaluation attack (Table 1: 100 iterations,
@@ -78,13 +78,10 @@ pub fn carlini_wagner(
             "C&W needs iterations >= 1, binary_steps >= 1, lr > 0 and initial_const > 0, got {cfg:?}"
         )));
     }
-    let Batch { b, k, n, xs, z0 } = check_batch(f, x, labels)?;
+    let Batch { b, k, n, xs, done } = check_batch(f, x, labels)?;
     let dev = x.device();
     let shape = x.dims().to_vec();
     let onehot = one_hot(labels, k, dev)?;
-    let done: Vec<bool> = (0..b)
-        .map(|i| misclassified(&z0[i * k..(i + 1) * k], labels[i]))
-        .collect();
 
     let x32 = Tensor::from_vec(xs.clone(), shape.as_slice(), dev)?;
     // w0 = atanh((x - 1/2) * 2 * 0.999999), in f64 so the squeeze is not lost to rounding.

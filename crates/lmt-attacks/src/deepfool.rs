@@ -52,13 +52,13 @@ pub fn deepfool(
             "DeepFool needs overshoot >= 0 and max_iterations >= 1, got {cfg:?}"
         )));
     }
-    let Batch { b, k, n, xs, z0 } = check_batch(f, x, labels)?;
+    let Batch { b, k, n, xs, done } = check_batch(f, x, labels)?;
     let dev = x.device();
     let shape = x.dims().to_vec();
     let mut cur = xs.clone();
     let mut result: Vec<Option<Adversarial>> = (0..b)
         .map(|i| {
-            misclassified(&z0[i * k..(i + 1) * k], labels[i]).then_some(Adversarial {
+            done[i].then_some(Adversarial {
                 success: true,
                 distance: Some(0.0),
                 iterations: 0,

@@ -120,8 +120,8 @@ pub(crate) struct Batch {
     pub n: usize,
     /// The images, flat.
     pub xs: Vec<f32>,
-    /// Their logits, flat `(b, k)`.
-    pub z0: Vec<f32>,
+    /// Which inputs the model already misclassifies (they succeed at distance 0 without an attack).
+    pub done: Vec<bool>,
 }
 
 /// A finite number > 0 (hyper-parameter check; NaN fails).
@@ -163,7 +163,10 @@ pub(crate) fn check_batch(f: &dyn LogitsFn, x: &Tensor, labels: &[usize]) -> Res
     }
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let n = xs.len() / b;
-    Ok(Batch { b, k, n, xs, z0: z })
+    let done = (0..b)
+        .map(|i| misclassified(&z[i * k..(i + 1) * k], labels[i]))
+        .collect();
+    Ok(Batch { b, k, n, xs, done })
 }
 
 /// The logits of `x` as a flat row-major vector, checked to be finite.

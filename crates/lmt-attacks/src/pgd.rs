@@ -56,13 +56,10 @@ pub fn pgd(
             "PGD needs epsilon >= 0, step_size > 0 and restarts >= 1, got {cfg:?}"
         )));
     }
-    let Batch { b, k, n, xs, z0 } = check_batch(f, x, labels)?;
+    let Batch { b, k, n, xs, done } = check_batch(f, x, labels)?;
     let dev = x.device();
     let shape = x.dims().to_vec();
     let onehot = one_hot(labels, k, dev)?;
-    let done: Vec<bool> = (0..b)
-        .map(|i| misclassified(&z0[i * k..(i + 1) * k], labels[i]))
-        .collect();
     let mut best: Vec<Option<(f64, usize)>> = vec![None; b];
     let mut best_img = xs.clone();
 

@@ -1,0 +1,187 @@
+//! The `smoke` profile of `experiments reproduce` end to end: every analysis subcommand runs, and the
+//! files it writes have the right columns, rows, manifests and decodable figures.
+
+use std::path::Path;
+use std::process::Command;
+
+fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    for r in &rows {
+        assert_eq!(r.len(), header.len(), "{}: {r:?}", path.display());
+    }
+    (header, rows)
+}
+
+fn col<'a>(h: &[String], rows: &'a [Vec<String>], name: &str) -> Vec<&'a str> {
+    let c = h
+        .iter()
+        .position(|x| x == name)
+        .unwrap_or_else(|| panic!("no column {name} in {h:?}"));
+    rows.iter().map(|r| r[c].as_str()).collect()
+}
+
+fn manifest(path: &Path) -> String {
+    let m = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for field in [
+        "\"profile\": \"smoke\"",
+        "\"reduced\": true",
+        "git_revision",
+        "\"seed\"",
+        "\"dataset\"",
+        "data_checksums",
+        "machine",
+        "wall_seconds",
+        "\"command\"",
+    ] {
+        assert!(m.contains(field), "{} lacks {field}", path.display());
+    }
+    m
+}
+
+fn figure(stem: &Path) {
+    let png = stem.with_extension("png");
+    let img =
+        image::open(&png).unwrap_or_else(|e| panic!("{}: not a decodable PNG: {e}", png.display()));
+    assert!(img.width() > 300 && img.height() > 200, "{}", png.display());
+    // Not a blank canvas: some pixels are far from white.
+    let rgb = img.to_rgb8();
+    assert!(
+        rgb.pixels()
+            .filter(|p| p.0.iter().any(|&c| c < 128))
+            .count()
+            > 1000,
+        "{} looks empty",
+        png.display()
+    );
+    let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>") && svg.contains("<text"));
+}
+
+#[test]
+fn smoke_reproduce_writes_every_table_figure_and_manifest() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !root.join("data/mnist").is_dir() {
+        assert!(std::env::var_os("CI").is_none(), "MNIST missing under CI");
+        eprintln!("SKIPPED: MNIST not found (run `make data`)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (results, figures) = (tmp.path().join("results"), tmp.path().join("figures"));
+    let out = Command::new(env!("CARGO_BIN_EXE_experiments"))
+        .args(["reproduce", "--profile", "smoke", "--results"])
+        .arg(&results)
+        .arg("--figures")
+        .arg(&figures)
+        .env_remove("SVHN_DIR")
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for step in ["fig3", "fig4", "fig5", "table1", "curves", "summary"] {
+        assert!(
+            err.contains(&format!(": {step}")),
+            "step {step} did not run:\n{err}"
+        );
+    }
+    let r = results.join("smoke");
+    let f = figures.join("smoke");
+
+    let (h, rows) = csv(&r.join("fig3.csv"));
+    assert_eq!(rows.len(), 2 * 6 + 3);
+    assert!(col(&h, &rows, "kind")
+        .iter()
+        .all(|k| *k == "certified upper bound"));
+    assert!(col(&h, &rows, "budget")
+        .iter()
+        .all(|b| b.starts_with("REDUCED")));
+    manifest(&r.join("fig3_manifest.json"));
+    figure(&f.join("fig3_conv"));
+    figure(&f.join("fig3_pool"));
+
+    let (h, rows) = csv(&r.join("fig4_summary.csv"));
+    assert_eq!(col(&h, &rows, "model"), ["naive", "AT", "LMT"]);
+    assert!(col(&h, &rows, "violations").iter().all(|v| *v == "0"));
+    for m in ["naive", "at", "lmt"] {
+        let (h, rows) = csv(&r.join(format!("fig4_{m}.csv")));
+        assert_eq!(rows.len(), 100);
+        let num = |c: &str| -> Vec<f64> {
+            col(&h, &rows, c)
+                .iter()
+                .map(|v| v.parse().unwrap())
+                .collect()
+        };
+        let (a, b, c, d) = (
+            num("A_certified_radius"),
+            num("B_margin_over_global_lower"),
+            num("C_margin_over_local_lower"),
+            num("D_worst_attack"),
+        );
+        for i in 0..100 {
+            assert!(
+                a[i] <= b[i] * (1.0 + 1e-6) + 1e-12
+                    && b[i] <= c[i] * (1.0 + 1e-6) + 1e-12
+                    && a[i] <= d[i],
+                "{m} row {i}"
+            );
+        }
+    }
+    manifest(&r.join("fig4_manifest.json"));
+    figure(&f.join("fig4"));
+
+    let (h, rows) = csv(&r.join("fig5.csv"));
+    assert_eq!(rows.len(), 8);
+    for (lab, pred) in col(&h, &rows, "label")
+        .iter()
+        .zip(col(&h, &rows, "prediction_after"))
+    {
+        assert_eq!(*lab, pred, "a certified image changed class");
+    }
+    manifest(&r.join("fig5_manifest.json"));
+    figure(&f.join("fig5"));
+
+    // Without SVHN files Table 1 runs on the stand-in and says so everywhere.
+    let (h, rows) = csv(&r.join("table1_standin.csv"));
+    assert_eq!(rows.len(), 5);
+    assert!(col(&h, &rows, "dataset")
+        .iter()
+        .all(|d| d.contains("STAND-IN")));
+    assert!(
+        !r.join("table1.csv").exists(),
+        "stand-in results must not be written as table1.csv"
+    );
+    let m = manifest(&r.join("table1_standin_manifest.json"));
+    assert!(m.contains("STAND-IN"));
+
+    let (h, rows) = csv(&r.join("curves.csv"));
+    assert!(
+        col(&h, &rows, "model").contains(&"standin_svhn_lmt_c001")
+            && col(&h, &rows, "model").contains(&"mnist_lmt_c1")
+    );
+    manifest(&r.join("curves_manifest.json"));
+    figure(&f.join("curves_1"));
+
+    let summary = std::fs::read_to_string(r.join("SUMMARY.md")).unwrap();
+    for needle in [
+        "REDUCED",
+        "| quantity | paper | ours | ours / paper |",
+        "median certified radius",
+        "STAND-IN",
+        "Table 1 LMT (c 0.01): C&W accuracy at 0.5 %",
+    ] {
+        assert!(
+            summary.contains(needle),
+            "SUMMARY.md lacks {needle}:\n{summary}"
+        );
+    }
+}
