@@ -7,7 +7,7 @@ PROFILE ?= quick
 # every matmul (shared/reference/candle-cpu-performance.md, lever 2).
 export RAYON_NUM_THREADS ?= 2
 
-.PHONY: all data test fmt-check clippy unit reproduce bench doc clean
+.PHONY: all data test fmt-check clippy unit reproduce bench bench-compare doc clean
 
 all: test
 
@@ -39,6 +39,13 @@ reproduce: data
 ## Benchmarks (timings are measured here, never asserted in tests).
 bench: data
 	$(CARGO) bench --workspace
+
+VENV = bench/pytorch/.venv
+## lmt-rs against PyTorch (CPU wheel from PyPI, installed into bench/pytorch/.venv on first use), one table.
+bench-compare:
+	test -x $(VENV)/bin/python || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q torch==2.15.0 safetensors numpy)
+	$(CARGO) bench -p experiments --bench workloads --no-run
+	python3 bench/compare.py
 
 doc:
 	$(CARGO) doc --workspace --no-deps

@@ -79,6 +79,7 @@ enum Command {
 }
 
 fn main() {
+    lmt_train::tune_cpu_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

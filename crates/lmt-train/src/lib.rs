@@ -25,3 +25,23 @@ mod optim;
 mod parseval;
 mod spectral;
 mod train;
+
+/// Start-up settings that make candle's CPU path faster without changing any number
+/// (shared/reference/candle-cpu-performance.md, levers 1 and 2): glibc keeps large buffers in its heap
+/// instead of an mmap/munmap pair per tensor op, and the thread count is fixed once instead of being
+/// re-read from /proc/cpuinfo on every matmul. Call it first thing in `main`, before any thread starts.
+pub fn tune_cpu_runtime() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; the caller runs it before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""`make bench-compare`: each workload of experiments/benches/workloads.rs and bench/pytorch/bench.py,
+one process per workload and implementation (so peak RSS is the workload's own), taken in one run on
+this machine; prints one Markdown table (lmt-rs as shipped, lmt-rs tuned, PyTorch, ratio)."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = os.path.join(ROOT, "bench", "pytorch", ".venv", "bin", "python")
+WORKLOADS = [
+    "kw_plain_step_b50",
+    "kw_lmt_step_b50",
+    "kw_plain_step_b128",
+    "kw_inference_b1000",
+    "wrn_train_step_b32",
+    "wrn_inference_b128",
+    "kw_deepfool_per_image",
+    "kw_cw100_per_image",
+]
+
+
+def one(cmd):
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": "2"})
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        return None
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+
+
+def main():
+    names = sys.argv[1:] or WORKLOADS
+    cargo = ["cargo", "bench", "-q", "-p", "experiments", "--bench", "workloads", "--"]
+    rows = []
+    for w in names:
+        untuned = one(cargo + [w, "--untuned"])
+        tuned = one(cargo + [w])
+        torch = one([PY, os.path.join("bench", "pytorch", "bench.py"), w]) if "per_image" not in w else None
+        rows.append((w, untuned, tuned, torch))
+        sys.stderr.write(f"{w}: done\n")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"machine: {platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores; 2 threads each")
+    print(f"PyTorch: {torch_version(rows)}")
+    print()
+    print("| workload | lmt-rs as shipped (ms) | lmt-rs tuned (ms) | PyTorch (ms) | tuned / PyTorch | RSS lmt-rs / PyTorch (MB) |")
+    print("|---|---|---|---|---|---|")
+    for w, u, t, p in rows:
+        f = lambda r: f"{r['ms']:.2f}" if r else "-"
+        ratio = f"{t['ms'] / p['ms']:.2f}x" if t and p else "-"
+        rss = f"{t['peak_rss_mb']:.0f} / {p['peak_rss_mb']:.0f}" if t and p else (f"{t['peak_rss_mb']:.0f} / -" if t else "-")
+        print(f"| {w} | {f(u)} | {f(t)} | {f(p)} | {ratio} | {rss} |")
+    d = {w: (t, p) for w, _, t, p in rows}
+    if "kw_lmt_step_b50" in d and "kw_plain_step_b50" in d:
+        (tl, pl), (tp, pp) = d["kw_lmt_step_b50"], d["kw_plain_step_b50"]
+        if tl and tp:
+            extra = f", PyTorch {pl['ms'] / pp['ms']:.2f}" if pl and pp else ""
+            print(f"\nLMT step / plain step (batch 50): lmt-rs {tl['ms'] / tp['ms']:.2f}{extra}")
+    print("\n(per_image rows: milliseconds per image, batch of 100 random inputs, untrained model; no PyTorch attack reference)")
+
+
+def torch_version(rows):
+    for _, _, _, p in rows:
+        if p:
+            return p["impl"]
+    return "not run"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+//! The workloads of issue 6, timed on this machine: training steps (plain and LMT), inference, and
+//! attacks per image, on random inputs. `cargo bench -p experiments --bench workloads [-- NAME...]`
+//! prints one JSON line per workload: median milliseconds per step (or per image for attacks) and the
+//! process's peak RSS. Run one workload per process for a meaningful RSS (`bench/compare.py` does).
+//! Nothing here asserts a time: timings are reported, never tested.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use lmt_core::{cross_entropy, lmt_logits_prop2, LipEstimate, PowerVectors};
+use lmt_models::{Classifier, Ctx, KolterWong, Lip, WideResNet, WideResNetCfg};
+use lmt_train::{Optimizer, OptimizerConfig};
+use rand::{Rng, SeedableRng};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const ALL: [&str; 8] = [
+    "kw_plain_step_b50",
+    "kw_lmt_step_b50",
+    "kw_plain_step_b128",
+    "kw_inference_b1000",
+    "wrn_train_step_b32",
+    "wrn_inference_b128",
+    "kw_deepfool_per_image",
+    "kw_cw100_per_image",
+];
+
+fn params(vm: &VarMap) -> Vec<(String, Var)> {
+    let d = vm.data().lock().expect("varmap");
+    let mut v: Vec<(String, Var)> = d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn batch(b: usize, c: usize, hw: usize) -> Res<(Tensor, Tensor)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let x: Vec<f32> = (0..b * c * hw * hw).map(|_| rng.random()).collect();
+    let y: Vec<u32> = (0..b).map(|_| rng.random_range(0..10)).collect();
+    Ok((
+        Tensor::from_vec(x, (b, c, hw, hw), &Device::Cpu)?,
+        Tensor::from_vec(y, b, &Device::Cpu)?,
+    ))
+}
+
+/// Median milliseconds of `f` over `reps` timed runs after `warm` untimed ones.
+fn time(warm: usize, reps: usize, mut f: impl FnMut() -> Res<()>) -> Res<f64> {
+    for _ in 0..warm {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn train_step(
+    model: &dyn Classifier,
+    vm: &VarMap,
+    b: usize,
+    c: usize,
+    hw: usize,
+    lmt: bool,
+) -> Res<f64> {
+    let (x, y) = batch(b, c, hw)?;
+    let mut opt = Optimizer::new(OptimizerConfig::Adam { lr: 1e-3 }, params(vm))?;
+    let vectors = PowerVectors::new(0);
+    let (warm, reps) = if hw > 28 { (1, 5) } else { (5, 30) };
+    time(warm, reps, || {
+        let ctx = Ctx::train(&vectors);
+        let loss = if lmt {
+            let out = model.forward(&x, Lip::Estimate(LipEstimate::one(&Device::Cpu)?), &ctx)?;
+            let l = out.l_sub.estimate().ok_or("no estimate")?.tensor().clone();
+            let z = lmt_logits_prop2(&out.logits, &y, &l, model.last_weight(), true)?;
+            cross_entropy(&z, &y)?
+        } else {
+            cross_entropy(&model.forward(&x, Lip::None, &ctx)?.logits, &y)?
+        };
+        let grads = loss.backward()?;
+        opt.step(&grads, 1e-3, 0.0)?;
+        vectors.refresh(&grads)?;
+        Ok(())
+    })
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn run(name: &str) -> Res<f64> {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    match name {
+        "kw_plain_step_b50" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 50, 1, 28, false),
+        "kw_lmt_step_b50" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 50, 1, 28, true),
+        "kw_plain_step_b128" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 128, 1, 28, false),
+        "wrn_train_step_b32" => {
+            let m = WideResNet::new(WideResNetCfg::default(), &vm, 0, &dev)?;
+            train_step(&m, &vm, 32, 3, 32, false)
+        }
+        "kw_inference_b1000" | "wrn_inference_b128" => {
+            let (model, b, c, hw): (Box<dyn Classifier>, _, _, _) = if name.starts_with("kw") {
+                (Box::new(KolterWong::new(&vm, 0, &dev)?), 1000, 1, 28)
+            } else {
+                (
+                    Box::new(WideResNet::new(WideResNetCfg::default(), &vm, 0, &dev)?),
+                    128,
+                    3,
+                    32,
+                )
+            };
+            let (x, _) = batch(b, c, hw)?;
+            time(1, if hw > 28 { 3 } else { 20 }, || {
+                model.eval_logits(&x)?.to_dtype(DType::F32)?;
+                Ok(())
+            })
+        }
+        "kw_deepfool_per_image" | "kw_cw100_per_image" => {
+            let model = KolterWong::new(&vm, 0, &dev)?;
+            let (x, _) = batch(100, 1, 28)?;
+            let f = |x: &Tensor| model.eval_logits(x);
+            // Labels = the model's own predictions, so every input is attacked.
+            let labels: Vec<usize> = f(&x)?
+                .argmax(1)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|v| v as usize)
+                .collect();
+            let ms = time(0, 1, || {
+                if name.contains("deepfool") {
+                    lmt_attacks::deepfool(&f, &x, &labels, &Default::default())?;
+                } else {
+                    lmt_attacks::carlini_wagner(&f, &x, &labels, &Default::default())?;
+                }
+                Ok(())
+            })?;
+            Ok(ms / 100.0)
+        }
+        other => Err(format!("unknown workload {other}; known: {ALL:?}").into()),
+    }
+}
+
+fn main() -> Res<()> {
+    // `--untuned` measures candle as shipped; otherwise the start-up tuning `experiments` applies.
+    let tuned = !std::env::args().any(|a| a == "--untuned");
+    if tuned {
+        lmt_train::tune_cpu_runtime();
+    }
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let names: Vec<&str> = if names.is_empty() {
+        ALL.to_vec()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    for name in names {
+        let ms = run(name)?;
+        println!(
+            "{{\"workload\": \"{name}\", \"impl\": \"lmt-rs{}\", \"ms\": {ms:.3}, \"peak_rss_mb\": {:.1}}}",
+            if tuned { "" } else { " (untuned)" },
+            peak_rss_mb()
+        );
+    }
+    Ok(())
+}
