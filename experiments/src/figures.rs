@@ -256,8 +256,10 @@ fn inequality(a: &AnalysisArgs, budget: &Budget, config: &str) -> Result<(Inequa
     );
     let (mut logits, mut labels, mut c_vals) = (Vec::new(), Vec::new(), Vec::new());
     let mut global = PairMatrix::zeros(k);
-    for (bi, start) in (0..n).step_by(50).enumerate() {
-        let idx: Vec<usize> = (start..(start + 50).min(n)).collect();
+    let lower_n = a.lower_points.unwrap_or(n).min(n);
+    bar.set_length(lower_n as u64);
+    for (bi, start) in (0..lower_n).step_by(50).enumerate() {
+        let idx: Vec<usize> = (start..(start + 50).min(lower_n)).collect();
         let (x, _) = batch_tensors(&data.test, &idx, &Device::Cpu)?;
         let l: Vec<usize> = idx.iter().map(|&i| data.test.labels[i] as usize).collect();
         let z: Vec<f32> = f(&x)?.flatten_all()?.to_vec1()?;
@@ -269,7 +271,11 @@ fn inequality(a: &AnalysisArgs, budget: &Budget, config: &str) -> Result<(Inequa
         bar.set_position((start + idx.len()) as u64);
     }
     bar.finish_and_clear();
-    let b_vals = margin_radius(&logits, k, &labels, |t, i| global.get(t, i));
+    let mut b_vals = margin_radius(&logits, k, &labels, |t, i| global.get(t, i));
+    // Points beyond `lower_n` have no (B), (C): NaN, left out of medians, ratios and curves.
+    b_vals.resize(n, f64::NAN);
+    c_vals.resize(n, f64::NAN);
+    labels = (0..n).map(|i| data.test.labels[i] as usize).collect();
     Ok((
         Inequality {
             a: a_vals,
@@ -302,9 +308,10 @@ pub fn fig4(a: &AnalysisArgs) -> Result<()> {
         "ratio_iii_D_over_C",
         "ratio_D_over_A",
         "violations",
+        "lower_bound_points",
         "budget",
     ]);
-    let mut reduced = budget.reduced();
+    let mut reduced = budget.reduced() || a.lower_points.is_some_and(|l| l < budget.fig4_points);
     let mut problems = Vec::new();
     let chosen = MNIST_MODELS
         .iter()
@@ -314,6 +321,7 @@ pub fn fig4(a: &AnalysisArgs) -> Result<()> {
         reduced |= r;
         let tag = budget_label(&a.profile, reduced);
         let n = q.a.len();
+        let lower_n = q.b.iter().filter(|v| !v.is_nan()).count();
         // The authors assert A <= B <= C and A <= D per point; A > B or A > D would mean a bound or the
         // certifier is wrong (B <= C holds by construction).
         let tol = 1e-6;
@@ -373,13 +381,21 @@ pub fn fig4(a: &AnalysisArgs) -> Result<()> {
             r3.to_string(),
             rda.to_string(),
             violations.to_string(),
+            lower_n.to_string(),
             tag.clone(),
         ]);
-        let curve = |name: &str, v: &[f64], color: usize, dashed: bool| Series {
-            name: name.into(),
-            points: grid.iter().copied().zip(ecdf(v, &grid)).collect(),
-            color,
-            dashed,
+        let curve = |name: &str, v: &[f64], color: usize, dashed: bool| {
+            let v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+            Series {
+                name: if v.len() < n {
+                    format!("{name} [first {} points]", v.len())
+                } else {
+                    name.into()
+                },
+                points: grid.iter().copied().zip(ecdf(&v, &grid)).collect(),
+                color,
+                dashed,
+            }
         };
         panels.push(LineChart {
             title: format!("{label} model ({n} test points)"),

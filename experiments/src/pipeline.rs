@@ -19,6 +19,10 @@ pub struct AnalysisArgs {
     /// Root of the figures (written to <figures>/<profile>/).
     #[arg(long, default_value = "figures")]
     pub figures: PathBuf,
+    /// fig4: compute (B) and (C) on the first N of its points only (default: all). They cost 100 forward
+    /// and backward passes of 10 x 50 images per batch of 50; the outputs say when they cover fewer points.
+    #[arg(long)]
+    pub lower_points: Option<usize>,
     /// Restrict fig4 to some MNIST models (comma-separated: naive, AT, LMT; default all three).
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,

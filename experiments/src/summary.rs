@@ -121,12 +121,21 @@ pub fn summary(a: &AnalysisArgs) -> Result<()> {
             ),
         ];
         for (model, col, what, v, text) in paper4 {
+            let (points, lower) = (q(model, "points")?, q(model, "lower_bound_points")?);
+            let mut note = format!("{} test points", points.map(|p| p as usize).unwrap_or(0));
+            if col.contains("_B_") || col.contains("_C") || col.contains("ratio_i") {
+                if let (Some(l), Some(p)) = (lower, points) {
+                    if l < p {
+                        note.push_str(&format!("; (B), (C) on the first {}", l as usize));
+                    }
+                }
+            }
             rows.push(Row {
                 quantity: format!("MNIST {model}: {what}"),
                 paper: text.into(),
                 paper_value: Some(v),
                 ours: q(model, col)?,
-                note: format!("{} test points", fmt(q(model, "points")?)),
+                note,
             });
         }
     }
