@@ -432,7 +432,8 @@ pub fn fig4(a: &AnalysisArgs) -> Result<()> {
 }
 
 /// Figure 5: test images the LMT model is certified to classify correctly, beside the image moved by
-/// exactly the certified radius along the direction DeepFool found (the hardest direction we know).
+/// the certified radius (times 1 - 1e-6, for f32 rounding) along the direction DeepFool found (the
+/// hardest direction we know).
 pub fn fig5(a: &AnalysisArgs) -> Result<()> {
     let started = Instant::now();
     let ckpt = ensure_trained(a, "mnist_lmt_c1")?;
@@ -486,7 +487,10 @@ pub fn fig5(a: &AnalysisArgs) -> Result<()> {
             kind = "random direction";
         }
         let norm = delta.iter().map(|v| v * v).sum::<f64>().sqrt();
-        perturbed.extend((0..n).map(|p| (xs[j * n + p] as f64 + delta[p] * r / norm) as f32));
+        // 1 - 1e-6 of the radius, so that rounding each pixel to f32 cannot push the norm past it (the
+        // certificate covers norms strictly below the radius).
+        let scale = r * (1.0 - 1e-6) / norm;
+        perturbed.extend((0..n).map(|p| (xs[j * n + p] as f64 + delta[p] * scale) as f32));
         directions.push(kind);
     }
     let xp = Tensor::from_vec(perturbed.clone(), x.dims(), &Device::Cpu)?;
@@ -521,7 +525,7 @@ pub fn fig5(a: &AnalysisArgs) -> Result<()> {
             .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
             .sum::<f64>()
             .sqrt();
-        if zi[t_] <= other {
+        if zi[t_] <= other || pn >= radii[i].unwrap_or(0.0) {
             flipped.push(i);
         }
         let (lo, hi) = p_img
@@ -563,9 +567,9 @@ pub fn fig5(a: &AnalysisArgs) -> Result<()> {
         4,
     )?;
     print!("{}", t.to_csv());
-    write_manifest(a, "fig5", reduced, "8 largest certified radii among the first 1000 test images; perturbation = DeepFool's direction (random if DeepFool fails) scaled to exactly the certified radius, not clipped (pixels outside [0, 1] are shown clamped)".into(), &data, started)?;
+    write_manifest(a, "fig5", reduced, "8 largest certified radii among the first 1000 test images; perturbation = DeepFool's direction (random if DeepFool fails) scaled to (1 - 1e-6) x the certified radius, not clipped (pixels outside [0, 1] are shown clamped)".into(), &data, started)?;
     if !flipped.is_empty() {
-        bail!("SOUNDNESS VIOLATION: the prediction changed inside the certified radius for test images {flipped:?}");
+        bail!("SOUNDNESS VIOLATION: the prediction changed inside the certified radius (or the perturbation left it) for test images {flipped:?}");
     }
     Ok(())
 }
