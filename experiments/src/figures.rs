@@ -631,8 +631,8 @@ pub fn curves(a: &AnalysisArgs) -> Result<()> {
         let cert_acc: Vec<f64> = grid
             .iter()
             .map(|&e| {
-                radii.iter().filter(|&&r| r > 0.0 && e <= r).count() as f64
-                    / radii.len().max(1) as f64
+                // Prop. 1 guards perturbations strictly smaller than the radius.
+                radii.iter().filter(|&&r| r > e).count() as f64 / radii.len().max(1) as f64
             })
             .collect();
         let att_acc: Option<Vec<f64>> = worst.as_ref().map(|w| {
