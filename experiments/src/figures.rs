@@ -400,7 +400,7 @@ pub fn fig4(a: &AnalysisArgs) -> Result<()> {
         panels.push(LineChart {
             title: format!("{label} model ({n} test points)"),
             x_label: "L2 radius / perturbation size".into(),
-            y_label: "error ratio".into(),
+            y_label: "fraction of test points at or below".into(),
             x: (0.0, 4.0),
             y: (0.0, 1.0),
             series: vec![
@@ -620,9 +620,16 @@ pub fn curves(a: &AnalysisArgs) -> Result<()> {
                 .into_iter()
                 .map(|d| d.unwrap_or(f64::INFINITY))
                 .collect();
+            // Attacks may cover different prefixes of the test set: each point takes the minimum over
+            // the attacks that ran on it, so a short C&W run does not truncate a full DeepFool run.
             worst = Some(match worst {
                 None => d,
-                Some(w) => w.iter().zip(&d).map(|(a, b)| a.min(*b)).collect(),
+                Some(w) => (0..w.len().max(d.len()))
+                    .map(|i| {
+                        let at = |v: &Vec<f64>| v.get(i).copied().unwrap_or(f64::INFINITY);
+                        at(&w).min(at(&d))
+                    })
+                    .collect(),
             });
         }
         if let Ok(cfg) = std::fs::read_to_string(dir.join("config.yaml")) {
