@@ -177,7 +177,7 @@ fn smoke_reproduce_writes_every_table_figure_and_manifest() {
         "| quantity | paper | ours | ours / paper |",
         "median certified radius",
         "STAND-IN",
-        "Table 1 LMT (c 0.01): C&W accuracy at 0.5 %",
+        "Table 1 LMT (c 0.01): accuracy under C&W at L2 0.5 (%)",
     ] {
         assert!(
             summary.contains(needle),
