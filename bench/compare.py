@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench-compare`: each workload of experiments/benches/workloads.rs and bench/pytorch/bench.py,
 one process per workload and implementation (so peak RSS is the workload's own), taken in one run on
-this machine; prints one Markdown table (lmt-rs as shipped, lmt-rs tuned, PyTorch, ratio)."""
+this machine; prints one Markdown table: lmt-rs with candle's own convolution (`LMT_CONV=candle`, the
+state before our im2col op), lmt-rs as it is, PyTorch, and the ratio."""
 
 import json
 import os
@@ -14,17 +15,21 @@ PY = os.path.join(ROOT, "bench", "pytorch", ".venv", "bin", "python")
 WORKLOADS = [
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
+    "kw_at_cw30_step_b50",
     "kw_plain_step_b128",
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
     "kw_deepfool_per_image",
     "kw_cw100_per_image",
+    "kw_certified_bound_dense",
+    "wrn_certified_bound_auto",
+    "kw_certify_10000",
 ]
 
 
-def one(cmd):
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": "2"})
+def one(cmd, **env):
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": "2", **env})
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
         return None
@@ -37,16 +42,16 @@ def main():
     cargo = ["cargo", "bench", "-q", "-p", "experiments", "--bench", "workloads", "--"]
     rows = []
     for w in names:
-        untuned = one(cargo + [w, "--untuned"])
+        candle_conv = one(cargo + [w], LMT_CONV="candle")
         tuned = one(cargo + [w])
-        torch = one([PY, os.path.join("bench", "pytorch", "bench.py"), w]) if "per_image" not in w else None
-        rows.append((w, untuned, tuned, torch))
+        torch = one([PY, os.path.join("bench", "pytorch", "bench.py"), w]) if "certif" not in w else None
+        rows.append((w, candle_conv, tuned, torch))
         sys.stderr.write(f"{w}: done\n")
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores; 2 threads each")
     print(f"PyTorch: {torch_version(rows)}")
     print()
-    print("| workload | lmt-rs as shipped (ms) | lmt-rs tuned (ms) | PyTorch (ms) | tuned / PyTorch | RSS lmt-rs / PyTorch (MB) |")
+    print("| workload | lmt-rs, candle conv (ms) | lmt-rs (ms) | PyTorch (ms) | lmt-rs / PyTorch | RSS lmt-rs / PyTorch (MB) |")
     print("|---|---|---|---|---|---|")
     for w, u, t, p in rows:
         f = lambda r: f"{r['ms']:.2f}" if r else "-"
@@ -59,7 +64,8 @@ def main():
         if tl and tp:
             extra = f", PyTorch {pl['ms'] / pp['ms']:.2f}" if pl and pp else ""
             print(f"\nLMT step / plain step (batch 50): lmt-rs {tl['ms'] / tp['ms']:.2f}{extra}")
-    print("\n(per_image rows: milliseconds per image, batch of 100 random inputs, untrained model; no PyTorch attack reference)")
+    print("\n(per_image rows: milliseconds per image, batch of 100 random inputs, untrained model; the PyTorch attacks")
+    print("are bench/pytorch/bench.py's mirrors of ours, with frozen parameters so only the input gradient is taken)")
 
 
 def torch_version(rows):

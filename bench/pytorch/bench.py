@@ -23,7 +23,115 @@ ALL = [
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
+    "kw_at_cw30_step_b50",
+    "kw_deepfool_per_image",
+    "kw_cw100_per_image",
 ]
+
+SQUEEZE = 0.999999
+
+
+def cw(model, x, y, iters, binary_steps, c0):
+    """Untargeted C&W L2 as lmt-attacks runs it (tanh space, Adam 1e-2, x10 / bisection over the
+    constant, best success kept); the model's parameters are frozen so only the input gradient is taken."""
+    b = x.shape[0]
+    w0 = torch.atanh((2 * x - 1) * SQUEEZE)
+    const = torch.full((b,), c0)
+    lo, hi = torch.zeros(b), torch.full((b,), float("inf"))
+    best_d, best = torch.full((b,), float("inf")), x.clone()
+    onehot = F.one_hot(y, 10).bool()
+    for _ in range(binary_steps):
+        w = w0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=1e-2)
+        found = torch.zeros(b, dtype=torch.bool)
+        for _ in range(iters):
+            xa = torch.tanh(w) / 2 + 0.5
+            z = model(xa)
+            zt = z.gather(1, y[:, None])[:, 0]
+            zo = z.masked_fill(onehot, float("-inf")).max(1).values
+            d = ((xa - x) ** 2).flatten(1).sum(1)
+            loss = (d + const * torch.clamp(zt - zo, min=0)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                ok = zo > zt
+                better = ok & (d < best_d)
+                best_d = torch.where(better, d, best_d)
+                best[better] = xa[better]
+                found |= ok
+        hi = torch.where(found, torch.minimum(hi, const), hi)
+        lo = torch.where(found, lo, torch.maximum(lo, const))
+        const = torch.where(torch.isinf(hi), const * 10, (lo + hi) / 2)
+    return best
+
+
+def deepfool(model, x, y, iters=50, overshoot=0.02, k=10):
+    """DeepFool L2 over all classes; all class gradients of a batch in one backward (K replicas)."""
+    b = x.shape[0]
+    xa = x.clone()
+    r = torch.zeros_like(x)
+    active = torch.ones(b, dtype=torch.bool)
+    for _ in range(iters):
+        idx = active.nonzero()[:, 0]
+        if len(idx) == 0:
+            break
+        xi = xa[idx].repeat_interleave(k, 0).requires_grad_(True)
+        z = model(xi).view(len(idx), k, k)
+        z.diagonal(dim1=1, dim2=2).sum().backward()
+        g = xi.grad.view(len(idx), k, *x.shape[1:])
+        zz = z.diagonal(dim1=1, dim2=2).detach()
+        yt = y[idx]
+        still = zz.argmax(1) == yt
+        f = zz - zz.gather(1, yt[:, None])
+        wk = g - g[torch.arange(len(idx)), yt][:, None]
+        norm = wk.flatten(2).norm(dim=2)
+        ratio = (f.abs() + 1e-4) / (norm + 1e-12)
+        ratio[torch.arange(len(idx)), yt] = float("inf")
+        l = ratio.argmin(1)
+        step = ((f.abs()[torch.arange(len(idx)), l] + 1e-4) / norm[torch.arange(len(idx)), l] ** 2)
+        rk = step.view(-1, *[1] * (x.dim() - 1)) * wk[torch.arange(len(idx)), l]
+        rk = rk * still.view(-1, *[1] * (x.dim() - 1))
+        r[idx] += rk
+        xa[idx] = x[idx] + (1 + overshoot) * r[idx]
+        active[idx] = still
+    return xa
+
+
+def attack_per_image(name):
+    model = KolterWong().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, _ = batch(100, 1, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    s = time.perf_counter()
+    if "deepfool" in name:
+        deepfool(model, x, y)
+    else:
+        cw(model, x, y, 100, 9, 1e-3)
+    return (time.perf_counter() - s) * 1e3 / 100
+
+
+def at_step():
+    """Adversarial training's step: C&W-30 (one binary step, c = 1) replaces the batch, then a plain step."""
+    model = KolterWong()
+    x, y = batch(50, 1, 28)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        adv = cw(model, x, y, 30, 1, 1.0)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(adv), y).backward()
+        opt.step()
+
+    return timed(1, 5, step)
 
 
 def timed(warm, reps, f):
@@ -116,6 +224,10 @@ def run(name):
         return train_step(WideResNet(), 32, 3, 32)
     if name == "wrn_inference_b128":
         return inference(WideResNet(), 128, 3, 32)
+    if name == "kw_at_cw30_step_b50":
+        return at_step()
+    if name in ("kw_deepfool_per_image", "kw_cw100_per_image"):
+        return attack_per_image(name)
     raise SystemExit(f"unknown workload {name}; known: {ALL}")
 
 

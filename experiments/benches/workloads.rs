@@ -1,5 +1,6 @@
-//! The workloads of issue 6, timed on this machine: training steps (plain and LMT), inference, and
-//! attacks per image, on random inputs. `cargo bench -p experiments --bench workloads [-- NAME...]`
+//! The workloads of issue 6, timed on this machine: training steps (plain, LMT, adversarial), inference,
+//! attacks per image, the certified bound of a whole network and certification of 10,000 inputs, on
+//! random inputs. `cargo bench -p experiments --bench workloads [-- NAME...]`
 //! prints one JSON line per workload: median milliseconds per step (or per image for attacks) and the
 //! process's peak RSS. Run one workload per process for a meaningful RSS (`bench/compare.py` does).
 //! Nothing here asserts a time: timings are reported, never tested.
@@ -8,22 +9,28 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use lmt_core::{cross_entropy, lmt_logits_prop2, LipEstimate, PowerVectors};
-use lmt_models::{Classifier, Ctx, KolterWong, Lip, WideResNet, WideResNetCfg};
+use lmt_core::{
+    certify_prop2, cross_entropy, lmt_logits_prop2, CertifiedBound, LipEstimate, PowerVectors,
+};
+use lmt_models::{CertifyMethod, Classifier, Ctx, KolterWong, Lip, WideResNet, WideResNetCfg};
 use lmt_train::{Optimizer, OptimizerConfig};
 use rand::{Rng, SeedableRng};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 12] = [
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
+    "kw_at_cw30_step_b50",
     "kw_plain_step_b128",
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
     "kw_deepfool_per_image",
     "kw_cw100_per_image",
+    "kw_certified_bound_dense",
+    "wrn_certified_bound_auto",
+    "kw_certify_10000",
 ];
 
 fn params(vm: &VarMap) -> Vec<(String, Var)> {
@@ -105,6 +112,33 @@ fn run(name: &str) -> Res<f64> {
     match name {
         "kw_plain_step_b50" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 50, 1, 28, false),
         "kw_lmt_step_b50" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 50, 1, 28, true),
+        "kw_at_cw30_step_b50" => {
+            // Adversarial training's step: C&W-30 (one binary step, c = 1) replaces the batch, then a
+            // plain step on it, as `experiments train --config mnist_at_cw30` does.
+            let model = KolterWong::new(&vm, 0, &dev)?;
+            let (x, y) = batch(50, 1, 28)?;
+            let labels: Vec<usize> = y
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|v| v as usize)
+                .collect();
+            let cw = lmt_attacks::CwConfig {
+                iterations: 30,
+                binary_steps: 1,
+                initial_const: 1.0,
+                ..Default::default()
+            };
+            let mut opt = Optimizer::new(OptimizerConfig::Adam { lr: 1e-3 }, params(&vm))?;
+            let vectors = PowerVectors::new(0);
+            time(1, 5, || {
+                let f = |x: &Tensor| model.eval_logits(x);
+                let adv = lmt_attacks::carlini_wagner(&f, &x, &labels, &cw)?.images;
+                let ctx = Ctx::train(&vectors);
+                let loss = cross_entropy(&model.forward(&adv, Lip::None, &ctx)?.logits, &y)?;
+                opt.step(&loss.backward()?, 1e-3, 0.0)?;
+                Ok(())
+            })
+        }
         "kw_plain_step_b128" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 128, 1, 28, false),
         "wrn_train_step_b32" => {
             let m = WideResNet::new(WideResNetCfg::default(), &vm, 0, &dev)?;
@@ -147,6 +181,51 @@ fn run(name: &str) -> Res<f64> {
                 Ok(())
             })?;
             Ok(ms / 100.0)
+        }
+        "kw_certified_bound_dense" | "wrn_certified_bound_auto" => {
+            // The certified L_sub and L of the whole network, as `experiments certify` computes them.
+            let (model, c, hw, method): (Box<dyn Classifier>, _, _, _) = if name.starts_with("kw") {
+                (
+                    Box::new(KolterWong::new(&vm, 0, &dev)?),
+                    1,
+                    28,
+                    CertifyMethod::Dense,
+                )
+            } else {
+                let m = WideResNet::new(WideResNetCfg::default(), &vm, 0, &dev)?;
+                (Box::new(m), 3, 32, CertifyMethod::Auto)
+            };
+            let x0 = Tensor::zeros((1, c, hw, hw), DType::F32, &dev)?;
+            time(0, 1, || {
+                let one = Lip::Certified(CertifiedBound::one());
+                let out = model.forward(&x0, one, &Ctx::eval(method))?;
+                out.l.certified().ok_or("no certified bound")?;
+                Ok(())
+            })
+        }
+        "kw_certify_10000" => {
+            // Logits of 10,000 inputs in batches of 1000 and their Prop. 2 radii (bound given).
+            let model = KolterWong::new(&vm, 0, &dev)?;
+            let w: Vec<f64> = model
+                .last_weight()
+                .flatten_all()?
+                .to_dtype(DType::F64)?
+                .to_vec1()?;
+            let (classes, dim) = model.last_weight().dims2()?;
+            let l_sub = CertifiedBound::one();
+            let (x, _) = batch(1000, 1, 28)?;
+            time(1, 3, || {
+                for _ in 0..10 {
+                    let z: Vec<f32> = model
+                        .forward(&x, Lip::None, &Ctx::eval(CertifyMethod::Dense))?
+                        .logits
+                        .flatten_all()?
+                        .to_vec1()?;
+                    let labels: Vec<usize> = (0..1000).map(|i| i % classes).collect();
+                    certify_prop2(&z, classes, &labels, &l_sub, &w, dim)?;
+                }
+                Ok(())
+            })
         }
         other => Err(format!("unknown workload {other}; known: {ALL:?}").into()),
     }

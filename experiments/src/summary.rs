@@ -197,6 +197,7 @@ pub fn summary(a: &AnalysisArgs) -> Result<()> {
             }
         }
     }
+    let mut table1_clean: Vec<f64> = Vec::new();
     for name in ["table1", "table1_standin"] {
         let p = root.join(format!("{name}.csv"));
         if !p.is_file() {
@@ -209,6 +210,9 @@ pub fn summary(a: &AnalysisArgs) -> Result<()> {
             .unwrap_or_default();
         for (method, _, paper, radius) in TABLE1 {
             let q = |col: &str| cell(&t, &p, method, "method", col);
+            if let Some(acc) = q("clean_accuracy")? {
+                table1_clean.push(acc);
+            }
             let cols = [
                 "clean_accuracy",
                 "cw_accuracy_0.2",
@@ -222,7 +226,10 @@ pub fn summary(a: &AnalysisArgs) -> Result<()> {
                         paper: pv[i].to_string(),
                         paper_value: Some(pv[i]),
                         ours: q(cols[i])?,
-                        note: format!("{data}, {} points", fmt(q("points")?)),
+                        note: format!(
+                            "{data}, {} points",
+                            q("points")?.map_or("?".into(), |n| format!("{n:.0}"))
+                        ),
                     });
                 }
             } else {
@@ -296,6 +303,19 @@ pub fn summary(a: &AnalysisArgs) -> Result<()> {
         budget.cw_iterations,
         budget.cw_binary_steps
     ));
+    let (lo, hi) = table1_clean
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    if lo < 50.0 {
+        md.push_str(&format!(
+            "- **{} Table 1 models of this profile did not learn**: clean accuracy {lo:.1}-{hi:.1}% \
+             (chance is 10%) after the training budget in their `config.yaml`. Their C&W and certified\n\
+               numbers only show that the pipeline runs; they say nothing about the methods.\n",
+            if hi < 50.0 { "The" } else { "Some" }
+        ));
+    }
     write_atomic(&root.join("SUMMARY.md"), md.as_bytes())?;
     print!("{md}");
     Ok(())
