@@ -1,15 +1,18 @@
-//! 2-D convolution as im2col + one matrix product, with our own gather (`im2col`) and its adjoint
-//! scatter (`col2im`) as candle custom ops.
+//! 2-D convolution by im2col + gemm, as three candle custom ops: the forward pass, the input gradient
+//! and the kernel gradient.
 //!
 //! Why: candle 0.11.1's CPU convolution computes the input gradient with a scalar scatter loop
-//! parallelised over output channels only, and the weight gradient as a poorly tiled convolution
-//! (`shared/reference/candle-cpu-performance.md`, items 3-4). Written as `cols(x) · Wᵀ`, both gradients
-//! become single large matrix products that candle's gemm handles well, and the input gradient is the
-//! scatter `col2im`, which candle skips entirely when the input needs no gradient (the images of a
-//! training batch). The two custom ops are each other's adjoint, so each one's backward is the other. Zero padding is part of the gather: reads outside the image give
-//! zeros, which also sidesteps candle's missing output padding in strided backward passes.
+//! parallelised over output channels only, the kernel gradient as a poorly tiled convolution, and always
+//! both (`shared/reference/candle-cpu-performance.md`, items 3-4). Here each image's patch matrix
+//! (out_h · out_w, c_in · kh · kw) is gathered into a per-thread buffer and multiplied by the flattened
+//! kernel with the same gemm crate candle uses; images run in parallel, so no batch-sized patch matrix is
+//! ever allocated. The input gradient is gemm + the adjoint scatter (col2im); the kernel gradient sums
+//! gemms over fixed groups of images in a fixed order (bit-identical for any thread count). Each gradient
+//! is computed only when its operand is tracked: the images of a training batch get none. Zero padding is
+//! part of the gather, which also sidesteps candle's missing output padding in strided backward passes.
+//! Second derivatives through the convolution are not supported (nothing in lmt-rs takes them).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The geometry shared by the gather and the scatter: kernel, stride, padding and the input's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +37,6 @@ impl Patches {
     /// Entries of one patch: channels x kh x kw, in the order of a flattened (c_in, kh, kw) kernel.
     fn patch_len(&self) -> usize {
         self.channels * self.kh * self.kw
-    }
-    fn cols_per_image(&self) -> usize {
-        self.out_h() * self.out_w() * self.patch_len()
     }
     fn image_len(&self) -> usize {
         self.channels * self.h * self.w
@@ -82,59 +82,249 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
     }
 }
 
-/// Gathers every kernel window of a (batch, c, h, w) tensor into the rows of a
-/// (batch · out_h · out_w, c · kh · kw) matrix.
-struct Im2Col(Patches);
+/// A row-major matrix view for [`sgemm`]: a slice with its row and column strides.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
 
-/// The adjoint of [`Im2Col`]: adds every row of the patch matrix back onto the pixels it was read from.
-struct Col2Im(Patches);
+/// `dst (m x n, row-major, row stride n) = [dst +] lhs (m x k) · rhs (k x n)`, single-threaded: the
+/// callers parallelise over images. Bounds are checked before the unsafe call.
+fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
+    let last = |rows: usize, cols: usize, a: &Mat| (rows - 1) * a.rs + (cols - 1) * a.cs;
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(dst.len() >= m * n, "sgemm: destination too small");
+    assert!(
+        last(m, k, &lhs) < lhs.data.len(),
+        "sgemm: lhs out of bounds"
+    );
+    assert!(
+        last(k, n, &rhs) < rhs.data.len(),
+        "sgemm: rhs out of bounds"
+    );
+    // SAFETY: every index gemm touches, (i, j) -> i * rs + j * cs for i < rows and j < cols, lies inside
+    // its slice (checked above); dst does not alias lhs or rhs (it is a distinct &mut borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
 
-impl CustomOp1 for Im2Col {
+/// The batch is split into this many fixed groups for the kernel gradient, whose partial sums are then
+/// added in group order: the result does not depend on the thread count or on rayon's scheduling.
+const KERNEL_GRAD_GROUPS: usize = 8;
+
+/// Forward: `(x, kernel) -> y`; per image, gather the patch matrix (out_h · out_w, c · kh · kw) into a
+/// per-thread buffer and multiply by the flattened kernel, writing NCHW output directly.
+struct ConvFwd(Patches);
+
+/// Input gradient: `(grad_y, kernel) -> grad_x`; per image, grad_cols = grad_yᵀ · kernel, then scatter.
+struct ConvBwdInput(Patches);
+
+/// Kernel gradient: `(x, grad_y) -> grad_kernel` = Σ over images of grad_y · cols.
+struct ConvBwdKernel(Patches, usize);
+
+impl Patches {
+    fn pixels(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+    fn gather(&self, img: &[f32], cols: &mut [f32]) {
+        cols.fill(0.0);
+        self.for_each_entry(|c, i| cols[c] = img[i]);
+    }
+}
+
+impl CustomOp2 for ConvFwd {
     fn name(&self) -> &'static str {
-        "lmt-im2col"
+        "lmt-conv2d"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let p = self.0;
-        let x = contiguous_f32(storage, layout, self.name())?;
-        let mut cols = vec![0f32; p.batch * p.cols_per_image()];
-        cols.par_chunks_mut(p.cols_per_image().max(1))
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let kernel = contiguous_f32(s2, l2, self.name())?;
+        let (k, px) = (p.patch_len(), p.pixels());
+        let c_out = kernel.len() / k.max(1);
+        let mut y = vec![0f32; p.batch * c_out * px];
+        y.par_chunks_mut((c_out * px).max(1))
             .zip(x.par_chunks(p.image_len().max(1)))
-            .for_each(|(dst, img)| p.for_each_entry(|c, i| dst[c] = img[i]));
-        let shape = Shape::from((p.batch * p.out_h() * p.out_w(), p.patch_len()));
-        Ok((CpuStorage::F32(cols), shape))
+            .for_each_init(
+                || vec![0f32; px * k],
+                |cols, (yb, img)| {
+                    p.gather(img, cols);
+                    let w = Mat {
+                        data: kernel,
+                        rs: k,
+                        cs: 1,
+                    };
+                    let colst = Mat {
+                        data: cols,
+                        rs: 1,
+                        cs: k,
+                    }; // (k x px) view of (px x k)
+                    sgemm(c_out, px, k, yb, false, w, colst);
+                },
+            );
+        let shape = Shape::from((p.batch, c_out, p.out_h(), p.out_w()));
+        Ok((CpuStorage::F32(y), shape))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Col2Im(self.0))?))
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_y = grad_y.contiguous()?;
+        // candle asks for both gradients; compute only those that are tracked (the images of a
+        // training batch need none; a detached kernel needs none).
+        let gx = if x.track_op() {
+            Some(grad_y.apply_op2_no_bwd(kernel, &ConvBwdInput(self.0))?)
+        } else {
+            None
+        };
+        let gk = if kernel.track_op() {
+            let c_out = kernel.dim(0)?;
+            Some(
+                x.apply_op2_no_bwd(&grad_y, &ConvBwdKernel(self.0, c_out))?
+                    .reshape(kernel.shape())?,
+            )
+        } else {
+            None
+        };
+        Ok((gx, gk))
     }
 }
 
-impl CustomOp1 for Col2Im {
+impl CustomOp2 for ConvBwdInput {
     fn name(&self) -> &'static str {
-        "lmt-col2im"
+        "lmt-conv2d-grad-input"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let p = self.0;
-        let cols = contiguous_f32(storage, layout, self.name())?;
-        let mut x = vec![0f32; p.batch * p.image_len()];
-        x.par_chunks_mut(p.image_len().max(1))
-            .zip(cols.par_chunks(p.cols_per_image().max(1)))
-            .for_each(|(img, src)| p.for_each_entry(|c, i| img[i] += src[c]));
+        let gy = contiguous_f32(s1, l1, self.name())?;
+        let kernel = contiguous_f32(s2, l2, self.name())?;
+        let (k, px) = (p.patch_len(), p.pixels());
+        let c_out = kernel.len() / k.max(1);
+        let mut gx = vec![0f32; p.batch * p.image_len()];
+        gx.par_chunks_mut(p.image_len().max(1))
+            .zip(gy.par_chunks((c_out * px).max(1)))
+            .for_each_init(
+                || vec![0f32; px * k],
+                |gcols, (img, gyb)| {
+                    let gyt = Mat {
+                        data: gyb,
+                        rs: 1,
+                        cs: px,
+                    }; // (px x c_out) view of (c_out x px)
+                    let w = Mat {
+                        data: kernel,
+                        rs: k,
+                        cs: 1,
+                    };
+                    sgemm(px, k, c_out, gcols, false, gyt, w);
+                    p.for_each_entry(|c, i| img[i] += gcols[c]);
+                },
+            );
         let shape = Shape::from((p.batch, p.channels, p.h, p.w));
-        Ok((CpuStorage::F32(x), shape))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Im2Col(self.0))?))
+        Ok((CpuStorage::F32(gx), shape))
     }
 }
 
-/// The most patch-matrix entries one gather produces before the batch is split.
-const COLS_CHUNK_FLOATS: usize = 1 << 22;
+impl CustomOp2 for ConvBwdKernel {
+    fn name(&self) -> &'static str {
+        "lmt-conv2d-grad-kernel"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (p, c_out) = (self.0, self.1);
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let gy = contiguous_f32(s2, l2, self.name())?;
+        let (k, px) = (p.patch_len(), p.pixels());
+        let per_group = p.batch.div_ceil(KERNEL_GRAD_GROUPS).max(1);
+        let partials: Vec<Vec<f32>> = (0..p.batch)
+            .step_by(per_group)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|start| {
+                let mut acc = vec![0f32; c_out * k];
+                let mut cols = vec![0f32; px * k];
+                for b in start..(start + per_group).min(p.batch) {
+                    p.gather(&x[b * p.image_len()..(b + 1) * p.image_len()], &mut cols);
+                    let gyb = &gy[b * c_out * px..(b + 1) * c_out * px];
+                    let lhs = Mat {
+                        data: gyb,
+                        rs: px,
+                        cs: 1,
+                    };
+                    let rhs = Mat {
+                        data: &cols,
+                        rs: k,
+                        cs: 1,
+                    };
+                    sgemm(c_out, k, px, &mut acc, b > start, lhs, rhs);
+                }
+                acc
+            })
+            .collect();
+        let mut total = vec![0f32; c_out * k];
+        for part in &partials {
+            for (t, v) in total.iter_mut().zip(part) {
+                *t += v;
+            }
+        }
+        Ok((CpuStorage::F32(total), Shape::from((c_out, k))))
+    }
+}
 
 /// Whether the environment asks for candle's own convolution (`LMT_CONV=candle`) instead of ours: an
 /// A/B switch for benchmarks, read once per process.
@@ -148,7 +338,7 @@ pub(crate) fn use_candle_conv() -> bool {
 /// Falls back to candle's `conv2d` for anything but f32 on the CPU.
 pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     let (batch, channels, h, w) = x.dims4()?;
-    let (c_out, c_in, kh, kw) = kernel.dims4()?;
+    let (_, c_in, kh, kw) = kernel.dims4()?;
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
         return x.conv2d(kernel, pad, stride, 1, 1);
     }
@@ -158,34 +348,6 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: usize) -> Result<
             x.dims(),
             kernel.dims()
         );
-    }
-    // Large batches go through in chunks whose patch matrix stays under about 16 MB: one huge matrix
-    // per call costs more in fresh pages than the gemm it feeds (WRN inference at batch 128).
-    let per_image = Patches {
-        batch: 1,
-        channels,
-        h,
-        w,
-        kh,
-        kw,
-        stride,
-        pad,
-    }
-    .cols_per_image();
-    let chunk = (COLS_CHUNK_FLOATS / per_image.max(1)).max(1);
-    if batch > chunk {
-        let parts = (0..batch)
-            .step_by(chunk)
-            .map(|start| {
-                conv2d(
-                    &x.narrow(0, start, chunk.min(batch - start))?,
-                    kernel,
-                    stride,
-                    pad,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        return Tensor::cat(&parts, 0);
     }
     let p = Patches {
         batch,
@@ -197,10 +359,5 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: usize) -> Result<
         stride,
         pad,
     };
-    let cols = x.contiguous()?.apply_op1(Im2Col(p))?;
-    let flat = kernel.reshape((c_out, p.patch_len()))?;
-    let y = cols.matmul(&flat.t()?)?; // (batch · out_h · out_w, c_out)
-    y.reshape((batch, p.out_h() * p.out_w(), c_out))?
-        .transpose(1, 2)?
-        .reshape((batch, c_out, p.out_h(), p.out_w()))
+    x.contiguous()?.apply_op2(&kernel.contiguous()?, ConvFwd(p))
 }

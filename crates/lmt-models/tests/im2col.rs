@@ -109,6 +109,10 @@ fn forward_and_both_gradients_equal_the_definition_and_candle() {
         close("forward", &flat(&y), &want_y);
         close("input gradient", &flat(grads.get(&x).unwrap()), &want_gx);
         close("kernel gradient", &flat(grads.get(&k).unwrap()), &want_gk);
+        // With untracked images (a training batch) only the kernel gradient is computed, and it is the same.
+        let y2 = lmt_models::conv2d(&x.as_tensor().detach(), k.as_tensor(), cs.s, cs.p).unwrap();
+        let g2 = (&y2 * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(flat(g2.get(&k).unwrap()), flat(grads.get(&k).unwrap()));
         let reference = x.conv2d(&k, cs.p, cs.s, 1, 1).unwrap();
         let want: Vec<f64> = flat(&reference).iter().map(|&v| v as f64).collect();
         close("candle conv2d", &flat(&y), &want);
