@@ -38,7 +38,6 @@ fn cell(t: &Table, path: &Path, row_key: &str, key_col: &str, col: &str) -> Resu
         .and_then(|i| vals[i]))
 }
 
-/// Writes SUMMARY.md for the profile from whatever result CSVs exist.
 /// The four numbers Table 1 reports per method, in the order of `TABLE1`'s paper values.
 const TABLE1_QUANTITIES: [&str; 4] = [
     "clean accuracy (%)",
@@ -47,6 +46,7 @@ const TABLE1_QUANTITIES: [&str; 4] = [
     "accuracy under C&W at L2 1.0 (%)",
 ];
 
+/// Writes SUMMARY.md for the profile from whatever result CSVs exist.
 pub fn summary(a: &AnalysisArgs) -> Result<()> {
     let root = a.results.join(&a.profile);
     let budget = Budget::of(&a.profile);
