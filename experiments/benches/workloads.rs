@@ -214,6 +214,7 @@ fn run(name: &str) -> Res<f64> {
             let (classes, dim) = model.last_weight().dims2()?;
             let l_sub = CertifiedBound::one();
             let (x, _) = batch(1000, 1, 28)?;
+            let labels: Vec<usize> = (0..1000).map(|i| i % classes).collect();
             time(1, 3, || {
                 for _ in 0..10 {
                     let z: Vec<f32> = model
@@ -221,7 +222,6 @@ fn run(name: &str) -> Res<f64> {
                         .logits
                         .flatten_all()?
                         .to_vec1()?;
-                    let labels: Vec<usize> = (0..1000).map(|i| i % classes).collect();
                     certify_prop2(&z, classes, &labels, &l_sub, &w, dim)?;
                 }
                 Ok(())

@@ -120,12 +120,7 @@ impl LipConv2d {
 
     /// The convolution (im2col + gemm with our own gradients; see `im2col`), times the Parseval scale.
     fn conv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (s, p) = (self.cfg.stride, self.cfg.padding);
-        let y = if crate::im2col::use_candle_conv() {
-            candle_conv(x, &self.weight, s, p)?
-        } else {
-            crate::im2col::conv2d(x, &self.weight, s, p)?
-        };
+        let y = crate::im2col::conv2d(x, &self.weight, self.cfg.stride, self.cfg.padding)?;
         if self.scale == 1.0 {
             Ok(y)
         } else {
@@ -252,28 +247,4 @@ impl LipModule for ConvBn {
         )?;
         Ok((y, lip))
     }
-}
-
-/// candle's own `conv2d`, the reference path selected by `LMT_CONV=candle` (benchmarks compare the two).
-/// For stride > 1 the zero padding is applied explicitly, trimmed to exactly the rows and columns the
-/// windows read: candle's conv2d backward omits the output padding a strided layer needs when the
-/// windows do not end at the input's edge (e.g. 3x3, stride 2, pad 1 on an even size), and then returns
-/// an input gradient of the wrong shape. Same values, correct gradients.
-fn candle_conv(x: &Tensor, weight: &Tensor, s: usize, p: usize) -> candle_core::Result<Tensor> {
-    if s == 1 {
-        return x.conv2d(weight, p, 1, 1, 1);
-    }
-    let (_, _, kh, kw) = weight.dims4()?;
-    let mut x = x.clone();
-    for (dim, k) in [(2, kh), (3, kw)] {
-        let size = x.dim(dim)?;
-        let out = (size + 2 * p - k) / s + 1;
-        let read = (out - 1) * s + k; // padded extent the windows touch
-        if read >= size + p {
-            x = x.pad_with_zeros(dim, p, read - size - p)?;
-        } else {
-            x = x.narrow(dim, 0, read - p)?.pad_with_zeros(dim, p, 0)?;
-        }
-    }
-    x.conv2d(weight, 0, s, 1, 1)
 }

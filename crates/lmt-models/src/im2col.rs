@@ -90,6 +90,34 @@ struct Mat<'a> {
     cs: usize,
 }
 
+impl<'a> Mat<'a> {
+    /// A row-major matrix whose rows are `row_len` long.
+    fn rows(data: &'a [f32], row_len: usize) -> Self {
+        Mat {
+            data,
+            rs: row_len,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major matrix whose rows are `row_len` long.
+    fn transposed(data: &'a [f32], row_len: usize) -> Self {
+        Mat {
+            data,
+            rs: 1,
+            cs: row_len,
+        }
+    }
+}
+
+/// The two contiguous f32 operands of a custom op.
+fn operands<'a>(
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32])> {
+    Ok((contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?))
+}
+
 /// `dst (m x n, row-major, row stride n) = [dst +] lhs (m x k) · rhs (k x n)`, single-threaded: the
 /// callers parallelise over images. Bounds are checked before the unsafe call.
 fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
@@ -174,8 +202,7 @@ impl CustomOp2 for ConvFwd {
     ) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let p = self.0;
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let kernel = contiguous_f32(s2, l2, self.name())?;
+        let (x, kernel) = operands(self.name(), (s1, l1), (s2, l2))?;
         let (k, px) = (p.patch_len(), p.pixels());
         let c_out = kernel.len() / k.max(1);
         let mut y = vec![0f32; p.batch * c_out * px];
@@ -185,16 +212,8 @@ impl CustomOp2 for ConvFwd {
                 || vec![0f32; px * k],
                 |cols, (yb, img)| {
                     p.gather(img, cols);
-                    let w = Mat {
-                        data: kernel,
-                        rs: k,
-                        cs: 1,
-                    };
-                    let colst = Mat {
-                        data: cols,
-                        rs: 1,
-                        cs: k,
-                    }; // (k x px) view of (px x k)
+                    let w = Mat::rows(kernel, k);
+                    let colst = Mat::transposed(cols, k); // (k x px)
                     sgemm(c_out, px, k, yb, false, w, colst);
                 },
             );
@@ -244,8 +263,7 @@ impl CustomOp2 for ConvBwdInput {
     ) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let p = self.0;
-        let gy = contiguous_f32(s1, l1, self.name())?;
-        let kernel = contiguous_f32(s2, l2, self.name())?;
+        let (gy, kernel) = operands(self.name(), (s1, l1), (s2, l2))?;
         let (k, px) = (p.patch_len(), p.pixels());
         let c_out = kernel.len() / k.max(1);
         let mut gx = vec![0f32; p.batch * p.image_len()];
@@ -254,16 +272,8 @@ impl CustomOp2 for ConvBwdInput {
             .for_each_init(
                 || vec![0f32; px * k],
                 |gcols, (img, gyb)| {
-                    let gyt = Mat {
-                        data: gyb,
-                        rs: 1,
-                        cs: px,
-                    }; // (px x c_out) view of (c_out x px)
-                    let w = Mat {
-                        data: kernel,
-                        rs: k,
-                        cs: 1,
-                    };
+                    let gyt = Mat::transposed(gyb, px); // (px x c_out)
+                    let w = Mat::rows(kernel, k);
                     sgemm(px, k, c_out, gcols, false, gyt, w);
                     p.for_each_entry(|c, i| img[i] += gcols[c]);
                 },
@@ -287,8 +297,7 @@ impl CustomOp2 for ConvBwdKernel {
     ) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let (p, c_out) = (self.0, self.1);
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let gy = contiguous_f32(s2, l2, self.name())?;
+        let (x, gy) = operands(self.name(), (s1, l1), (s2, l2))?;
         let (k, px) = (p.patch_len(), p.pixels());
         let per_group = p.batch.div_ceil(KERNEL_GRAD_GROUPS).max(1);
         let partials: Vec<Vec<f32>> = (0..p.batch)
@@ -301,16 +310,8 @@ impl CustomOp2 for ConvBwdKernel {
                 for b in start..(start + per_group).min(p.batch) {
                     p.gather(&x[b * p.image_len()..(b + 1) * p.image_len()], &mut cols);
                     let gyb = &gy[b * c_out * px..(b + 1) * c_out * px];
-                    let lhs = Mat {
-                        data: gyb,
-                        rs: px,
-                        cs: 1,
-                    };
-                    let rhs = Mat {
-                        data: &cols,
-                        rs: k,
-                        cs: 1,
-                    };
+                    let lhs = Mat::rows(gyb, px);
+                    let rhs = Mat::rows(&cols, k);
                     sgemm(c_out, k, px, &mut acc, b > start, lhs, rhs);
                 }
                 acc
@@ -328,19 +329,19 @@ impl CustomOp2 for ConvBwdKernel {
 
 /// Whether the environment asks for candle's own convolution (`LMT_CONV=candle`) instead of ours: an
 /// A/B switch for benchmarks, read once per process.
-pub(crate) fn use_candle_conv() -> bool {
+fn use_candle_conv() -> bool {
     static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CANDLE.get_or_init(|| std::env::var("LMT_CONV").is_ok_and(|v| v == "candle"))
 }
 
 /// Cross-correlation of `x` (batch, c_in, h, w) with `kernel` (c_out, c_in, kh, kw), equal stride and
 /// zero padding on both axes; the same values as candle's `conv2d`, with gradients by im2col + gemm.
-/// Falls back to candle's `conv2d` for anything but f32 on the CPU.
+/// Falls back to candle's `conv2d` (via [`candle_conv2d`]) for anything but f32 on the CPU.
 pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     let (batch, channels, h, w) = x.dims4()?;
     let (_, c_in, kh, kw) = kernel.dims4()?;
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        return x.conv2d(kernel, pad, stride, 1, 1);
+    if use_candle_conv() || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        return candle_conv2d(x, kernel, stride, pad);
     }
     if c_in != channels || stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
         candle_core::bail!(
@@ -360,4 +361,29 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: usize) -> Result<
         pad,
     };
     x.contiguous()?.apply_op2(&kernel.contiguous()?, ConvFwd(p))
+}
+
+/// candle's own `conv2d`: the path for non-f32 or non-CPU tensors, and for `LMT_CONV=candle` (A/B
+/// benchmarks).
+/// For stride > 1 the zero padding is applied explicitly, trimmed to exactly the rows and columns the
+/// windows read: candle's conv2d backward omits the output padding a strided layer needs when the
+/// windows do not end at the input's edge (e.g. 3x3, stride 2, pad 1 on an even size), and then returns
+/// an input gradient of the wrong shape. Same values, correct gradients.
+fn candle_conv2d(x: &Tensor, weight: &Tensor, s: usize, p: usize) -> Result<Tensor> {
+    if s == 1 {
+        return x.conv2d(weight, p, 1, 1, 1);
+    }
+    let (_, _, kh, kw) = weight.dims4()?;
+    let mut x = x.clone();
+    for (dim, k) in [(2, kh), (3, kw)] {
+        let size = x.dim(dim)?;
+        let out = (size + 2 * p - k) / s + 1;
+        let read = (out - 1) * s + k; // padded extent the windows touch
+        if read >= size + p {
+            x = x.pad_with_zeros(dim, p, read - size - p)?;
+        } else {
+            x = x.narrow(dim, 0, read - p)?.pad_with_zeros(dim, p, 0)?;
+        }
+    }
+    x.conv2d(weight, 0, s, 1, 1)
 }
