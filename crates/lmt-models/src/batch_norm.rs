@@ -85,9 +85,9 @@ impl BatchNorm2d {
     /// Normalises `x`; returns the output and the per-channel scale gamma / sqrt(var + eps) that was
     /// applied (batch variance, differentiable, in training; running variance at inference). Training
     /// also updates the running statistics.
-    pub fn normalize(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+    pub fn normalize(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         let (b, c, h, w) = x.dims4()?;
-        let (mean, var) = if train {
+        let (mean, var) = if ctx.train {
             let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
             let var = x
                 .broadcast_sub(&mean)?
@@ -111,12 +111,12 @@ impl BatchNorm2d {
                 self.running_var.as_tensor().clone(),
             )
         };
-        let scale = self.gamma.div(&(var + self.eps)?.sqrt()?)?;
+        let scale = ctx.param(&self.gamma).div(&(var + self.eps)?.sqrt()?)?;
         let shape = (1, c, 1, 1);
         let y = x
             .broadcast_sub(&mean.reshape(shape)?)?
             .broadcast_mul(&scale.reshape(shape)?)?
-            .broadcast_add(&self.beta.reshape(shape)?)?;
+            .broadcast_add(&ctx.param(&self.beta).reshape(shape)?)?;
         Ok((y, scale))
     }
 
@@ -134,7 +134,7 @@ impl LipModule for BatchNorm2d {
     /// The estimate is the exact max |scale| (differentiable), not a power iteration: for a diagonal map
     /// it is cheaper and cannot lock onto a wrong coordinate (the authors perturb a vector instead).
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        let (y, scale) = self.normalize(x, ctx.train)?;
+        let (y, scale) = self.normalize(x, ctx)?;
         let lip = lip.through(|| Ok(scale.abs()?.max(0)?), || self.certified())?;
         Ok((y, lip))
     }

@@ -118,9 +118,10 @@ impl LipConv2d {
         Ok(g)
     }
 
-    /// The convolution (im2col + gemm with our own gradients; see `im2col`), times the Parseval scale.
-    fn conv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = crate::im2col::conv2d(x, &self.weight, self.cfg.stride, self.cfg.padding)?;
+    /// The convolution (im2col + gemm with our own gradients; see `im2col`) with kernel `weight` (this
+    /// layer's, tracked or detached), times the Parseval scale.
+    fn conv(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+        let y = crate::im2col::conv2d(x, weight, self.cfg.stride, self.cfg.padding)?;
         if self.scale == 1.0 {
             Ok(y)
         } else {
@@ -159,9 +160,21 @@ pub fn conv_certified(
     })
 }
 
+impl LipConv2d {
+    /// Convolution plus bias, with the parameters as `ctx` wants them (tracked, or detached when frozen).
+    fn apply(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        let y = self.conv(x, &ctx.param(&self.weight))?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&ctx.param(b).reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
 impl Module for LipConv2d {
+    /// The layer with tracked parameters.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv(x)?;
+        let y = self.conv(x, &self.weight)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
@@ -171,12 +184,12 @@ impl Module for LipConv2d {
 
 impl LipModule for LipConv2d {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        let y = self.forward(x)?;
+        let y = self.apply(x, ctx)?;
         let lip = lip.through(
             || {
                 let (_, c, h, w) = x.dims4()?;
                 let u = ctx.vectors()?.get(&self.name, (1, c, h, w), x.device())?;
-                Ok(l2_norm(&self.conv(u.as_tensor())?)?)
+                Ok(l2_norm(&self.conv(u.as_tensor(), &self.weight)?)?)
             },
             || self.certified(x.dims(), ctx.method),
         )?;
@@ -230,7 +243,8 @@ impl ConvBn {
 
 impl LipModule for ConvBn {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        let (y, scale) = self.bn.normalize(&self.conv.conv(x)?, ctx.train)?;
+        let conv = self.conv.conv(x, &ctx.param(&self.conv.weight))?;
+        let (y, scale) = self.bn.normalize(&conv, ctx)?;
         let lip = lip.through(
             || {
                 let (_, c, h, w) = x.dims4()?;
@@ -239,7 +253,7 @@ impl LipModule for ConvBn {
                     .get(&self.conv.name, (1, c, h, w), x.device())?;
                 let v = self
                     .conv
-                    .conv(u.as_tensor())?
+                    .conv(u.as_tensor(), &self.conv.weight)?
                     .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?;
                 Ok(l2_norm(&v)?)
             },

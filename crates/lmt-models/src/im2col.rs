@@ -42,14 +42,24 @@ impl Patches {
         self.channels * self.h * self.w
     }
 
-    /// Calls `f(col_offset, image_offset)` for every patch entry of one image that reads inside it; the
-    /// entries reading the zero padding are skipped.
+    /// Calls `f(col_offset, image_offset, len)` for every run of patch entries of one image that read
+    /// `len` consecutive pixels of one input row, in the order (out row, out column, channel, kernel
+    /// row); the entries reading the zero padding are skipped. The order fixes the summation order of
+    /// the scatter, so changing it changes results in the last bits.
     #[inline]
-    fn for_each_entry(&self, mut f: impl FnMut(usize, usize)) {
+    fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
         let (oh, ow) = (self.out_h(), self.out_w());
         let k = self.patch_len();
         for y in 0..oh {
             for x in 0..ow {
+                // Kernel columns j with 0 <= x * stride + j - pad < w.
+                let left = x * self.stride;
+                let j_lo = self.pad.saturating_sub(left);
+                let j_hi = self.kw.min((self.w + self.pad).saturating_sub(left));
+                if j_lo >= j_hi {
+                    continue;
+                }
+                let iw = left + j_lo - self.pad;
                 let row = (y * ow + x) * k;
                 for c in 0..self.channels {
                     for i in 0..self.kh {
@@ -57,14 +67,9 @@ impl Patches {
                         if ih < 0 || ih >= self.h as isize {
                             continue;
                         }
-                        let col = row + (c * self.kh + i) * self.kw;
-                        let img = (c * self.h + ih as usize) * self.w;
-                        for j in 0..self.kw {
-                            let iw = (x * self.stride + j) as isize - self.pad as isize;
-                            if iw >= 0 && iw < self.w as isize {
-                                f(col + j, img + iw as usize);
-                            }
-                        }
+                        let col = row + (c * self.kh + i) * self.kw + j_lo;
+                        let img = (c * self.h + ih as usize) * self.w + iw;
+                        f(col, img, j_hi - j_lo);
                     }
                 }
             }
@@ -184,7 +189,7 @@ impl Patches {
     }
     fn gather(&self, img: &[f32], cols: &mut [f32]) {
         cols.fill(0.0);
-        self.for_each_entry(|c, i| cols[c] = img[i]);
+        self.for_each_run(|c, i, n| cols[c..c + n].copy_from_slice(&img[i..i + n]));
     }
 }
 
@@ -275,7 +280,11 @@ impl CustomOp2 for ConvBwdInput {
                     let gyt = Mat::transposed(gyb, px); // (px x c_out)
                     let w = Mat::rows(kernel, k);
                     sgemm(px, k, c_out, gcols, false, gyt, w);
-                    p.for_each_entry(|c, i| img[i] += gcols[c]);
+                    p.for_each_run(|c, i, n| {
+                        for (d, g) in img[i..i + n].iter_mut().zip(&gcols[c..c + n]) {
+                            *d += g;
+                        }
+                    });
                 },
             );
         let shape = Shape::from((p.batch, p.channels, p.h, p.w));

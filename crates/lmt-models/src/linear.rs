@@ -88,7 +88,11 @@ impl Module for LipLinear {
 
 impl LipModule for LipLinear {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        let y = self.forward(x)?;
+        let y = x.broadcast_matmul(&ctx.param(&self.weight).t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&ctx.param(b))?,
+            None => y,
+        };
         let lip = lip.through(
             || {
                 let u = ctx

@@ -108,6 +108,9 @@ pub enum CertifyMethod {
 pub struct Ctx<'a> {
     /// Training mode: batch statistics in BN, dropout active.
     pub train: bool,
+    /// Parameters enter as constants (detached), so a backward pass computes gradients for the inputs
+    /// only: attacks, lower bounds and certification skip every weight and bias gradient.
+    pub frozen: bool,
     /// The persistent power-iteration vectors; needed when an estimate is carried.
     pub vectors: Option<&'a PowerVectors>,
     /// How certified bounds are computed.
@@ -118,10 +121,11 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// Inference without bounds, or with a certified bound by `method`.
+    /// Inference with frozen parameters, without bounds or with a certified bound by `method`.
     pub fn eval(method: CertifyMethod) -> Self {
         Ctx {
             train: false,
+            frozen: true,
             vectors: None,
             method,
             seed: 0,
@@ -132,6 +136,7 @@ impl<'a> Ctx<'a> {
     pub fn train(vectors: &'a PowerVectors) -> Self {
         Ctx {
             train: true,
+            frozen: false,
             vectors: Some(vectors),
             method: CertifyMethod::Auto,
             seed: 0,
@@ -141,6 +146,16 @@ impl<'a> Ctx<'a> {
     /// The same context with dropout seed `seed`.
     pub fn with_seed(self, seed: u64) -> Self {
         Ctx { seed, ..self }
+    }
+
+    /// A parameter as this pass uses it: detached when the context is frozen (a cheap view of the same
+    /// storage), else the tracked tensor itself.
+    pub fn param(&self, t: &Tensor) -> Tensor {
+        if self.frozen {
+            t.detach()
+        } else {
+            t.clone()
+        }
     }
 
     pub(crate) fn vectors(&self) -> Result<&'a PowerVectors> {

@@ -255,6 +255,7 @@ impl Classifier for WideResNet {
             let (branch, shortcut) = match &block.alpha {
                 None => (branch, shortcut),
                 Some(a) => {
+                    let a = ctx.param(a);
                     let (a0, a1) = (a.get(0)?, a.get(1)?);
                     (
                         (branch.0.broadcast_mul(&a0)?, branch.1.scaled_by(&a0)?),

@@ -300,6 +300,7 @@ fn estimate_converges_to_the_dense_bound() {
     let pv = PowerVectors::new(0);
     let ctx = Ctx {
         train: false,
+        frozen: false,
         vectors: Some(&pv),
         method: CertifyMethod::Auto,
         seed: 0,

@@ -214,3 +214,39 @@ fn certified_bound_exceeds_the_jacobian_norm() {
         assert!(jac <= l.value() && jac > 0.0);
     }
 }
+
+#[test]
+fn a_frozen_pass_gives_the_same_input_gradient_and_no_parameter_gradients() {
+    for (avg, parseval) in [(false, false), (true, true)] {
+        let (net, vm) = small_with(avg, parseval);
+        let xv = Var::from_tensor(&images(5, 3)).unwrap();
+        let grads = |frozen: bool| {
+            let ctx = Ctx {
+                frozen,
+                ..Ctx::eval(CertifyMethod::Auto)
+            };
+            let z = net.forward(xv.as_tensor(), Lip::None, &ctx).unwrap().logits;
+            let loss = z.sqr().unwrap().sum_all().unwrap();
+            (z, loss.backward().unwrap())
+        };
+        let (z_frozen, g_frozen) = grads(true);
+        let (z_tracked, g_tracked) = grads(false);
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&z_frozen), v(&z_tracked), "the same logits, bit for bit");
+        assert_eq!(
+            v(g_frozen.get(xv.as_tensor()).unwrap()),
+            v(g_tracked.get(xv.as_tensor()).unwrap()),
+            "the same input gradient, bit for bit"
+        );
+        for p in vm.all_vars() {
+            assert!(
+                g_frozen.get(p.as_tensor()).is_none(),
+                "frozen: no parameter gradient"
+            );
+            assert!(
+                g_tracked.get(p.as_tensor()).is_some(),
+                "tracked: every parameter gradient"
+            );
+        }
+    }
+}
