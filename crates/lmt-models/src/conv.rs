@@ -165,7 +165,7 @@ impl LipConv2d {
     fn apply(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
         let y = self.conv(x, &ctx.param(&self.weight))?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&ctx.param(b).reshape((1, (), 1, 1))?),
+            Some(b) => crate::bias::add_channel_bias(&y, &ctx.param(b)),
             None => Ok(y),
         }
     }
@@ -176,7 +176,7 @@ impl Module for LipConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.conv(x, &self.weight)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => crate::bias::add_channel_bias(&y, b),
             None => Ok(y),
         }
     }

@@ -122,3 +122,55 @@ fn forward_and_both_gradients_equal_the_definition_and_candle() {
         "the draw covers strided windows that stop short"
     );
 }
+
+#[test]
+fn channel_bias_equals_broadcast_add_with_its_gradients() {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for shape in [
+        vec![3, 5, 7, 4],
+        vec![1, 2, 1, 1],
+        vec![4, 3, 6],
+        vec![2, 16, 14, 14],
+    ] {
+        let n: usize = shape.iter().product();
+        let c = shape[1];
+        let y = Var::from_vec(random(&mut rng, n), shape.as_slice(), &dev).unwrap();
+        let b = Var::from_vec(random(&mut rng, c), c, &dev).unwrap();
+        let g = Tensor::from_vec(random(&mut rng, n), shape.as_slice(), &dev).unwrap();
+        let ours = lmt_models::add_channel_bias(y.as_tensor(), b.as_tensor()).unwrap();
+        let mut bshape = vec![1; shape.len()];
+        bshape[1] = c;
+        let theirs = y
+            .as_tensor()
+            .broadcast_add(&b.as_tensor().reshape(bshape).unwrap())
+            .unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&ours), v(&theirs), "forward {shape:?}");
+        let go = (&ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gt = (&theirs * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(
+            v(go.get(&y).unwrap()),
+            v(gt.get(&y).unwrap()),
+            "dy {shape:?}"
+        );
+        // dL/db_c = sum of g over every position of channel c, in f64.
+        let gv = v(&g);
+        let row: usize = shape[2..].iter().product();
+        let want: Vec<f64> = (0..c)
+            .map(|ch| {
+                (0..shape[0])
+                    .flat_map(|i| (0..row).map(move |r| (i * c + ch) * row + r))
+                    .map(|k| gv[k] as f64)
+                    .sum()
+            })
+            .collect();
+        close("db", &v(go.get(&b).unwrap()), &want);
+        close("db (candle)", &v(gt.get(&b).unwrap()), &want);
+    }
+}

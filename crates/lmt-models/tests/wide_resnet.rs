@@ -1,10 +1,11 @@
 //! WideResNet-16-k: the authors' parameter count, shapes, a training step through every layer (stride-2
-//! convolutions on even sizes included), and a sound certified bound.
+//! convolutions on even sizes included), and a sound certified bound; frozen passes of WRN and
+//! Kolter-Wong.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use lmt_core::{cross_entropy, lmt_logits_prop2, CertifiedBound, LipEstimate, PowerVectors};
-use lmt_models::{CertifyMethod, Classifier, Ctx, Lip, WideResNet, WideResNetCfg};
+use lmt_models::{CertifyMethod, Classifier, Ctx, KolterWong, Lip, WideResNet, WideResNetCfg};
 use nalgebra::DMatrix;
 
 const DEV: Device = Device::Cpu;
@@ -215,38 +216,52 @@ fn certified_bound_exceeds_the_jacobian_norm() {
     }
 }
 
+/// A frozen forward pass (`Ctx::eval`) against the same pass with tracked parameters: the same logits
+/// and input gradient bit for bit, and no parameter gradient at all.
+fn check_frozen(net: &dyn Classifier, vm: &VarMap, x: Tensor) {
+    let xv = Var::from_tensor(&x).unwrap();
+    let grads = |frozen: bool| {
+        let ctx = Ctx {
+            frozen,
+            ..Ctx::eval(CertifyMethod::Auto)
+        };
+        let z = net.forward(xv.as_tensor(), Lip::None, &ctx).unwrap().logits;
+        let loss = z.sqr().unwrap().sum_all().unwrap();
+        (z, loss.backward().unwrap())
+    };
+    let (z_frozen, g_frozen) = grads(true);
+    let (z_tracked, g_tracked) = grads(false);
+    let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(v(&z_frozen), v(&z_tracked), "the same logits, bit for bit");
+    assert_eq!(
+        v(g_frozen.get(xv.as_tensor()).unwrap()),
+        v(g_tracked.get(xv.as_tensor()).unwrap()),
+        "the same input gradient, bit for bit"
+    );
+    for p in vm.all_vars() {
+        assert!(
+            g_frozen.get(p.as_tensor()).is_none(),
+            "frozen: no parameter gradient"
+        );
+        assert!(
+            g_tracked.get(p.as_tensor()).is_some(),
+            "tracked: every parameter gradient"
+        );
+    }
+}
+
 #[test]
 fn a_frozen_pass_gives_the_same_input_gradient_and_no_parameter_gradients() {
     for (avg, parseval) in [(false, false), (true, true)] {
         let (net, vm) = small_with(avg, parseval);
-        let xv = Var::from_tensor(&images(5, 3)).unwrap();
-        let grads = |frozen: bool| {
-            let ctx = Ctx {
-                frozen,
-                ..Ctx::eval(CertifyMethod::Auto)
-            };
-            let z = net.forward(xv.as_tensor(), Lip::None, &ctx).unwrap().logits;
-            let loss = z.sqr().unwrap().sum_all().unwrap();
-            (z, loss.backward().unwrap())
-        };
-        let (z_frozen, g_frozen) = grads(true);
-        let (z_tracked, g_tracked) = grads(false);
-        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(v(&z_frozen), v(&z_tracked), "the same logits, bit for bit");
-        assert_eq!(
-            v(g_frozen.get(xv.as_tensor()).unwrap()),
-            v(g_tracked.get(xv.as_tensor()).unwrap()),
-            "the same input gradient, bit for bit"
-        );
-        for p in vm.all_vars() {
-            assert!(
-                g_frozen.get(p.as_tensor()).is_none(),
-                "frozen: no parameter gradient"
-            );
-            assert!(
-                g_tracked.get(p.as_tensor()).is_some(),
-                "tracked: every parameter gradient"
-            );
-        }
+        check_frozen(&net, &vm, images(5, 3));
     }
+    let vm = VarMap::new();
+    let kw = KolterWong::new(&vm, 3, &DEV).unwrap();
+    let x = images(6, 4)
+        .narrow(1, 0, 1)
+        .unwrap()
+        .narrow(2, 0, 28)
+        .unwrap();
+    check_frozen(&kw, &vm, x.narrow(3, 0, 28).unwrap().contiguous().unwrap());
 }
