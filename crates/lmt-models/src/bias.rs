@@ -90,7 +90,7 @@ impl CustomOp1 for ChannelSum {
         use rayon::prelude::*;
         let g = f32_data(s, l, self.name())?;
         let (c, row) = channel_rows(l.shape())?;
-        let images = if c * row == 0 { 0 } else { g.len() / (c * row) };
+        let images = g.len().checked_div(c * row).unwrap_or(0);
         let sums: Vec<f32> = (0..c)
             .into_par_iter()
             .map(|ch| {
