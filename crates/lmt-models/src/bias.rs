@@ -55,12 +55,16 @@ impl CustomOp2 for ChannelBias {
         if b.len() != c {
             candle_core::bail!("channel bias: {} biases for {c} channels", b.len())
         }
-        let mut out = y.to_vec();
-        out.par_chunks_mut((c * row).max(1)).for_each(|image| {
-            for (r, &bc) in image.chunks_mut(row.max(1)).zip(b) {
-                r.iter_mut().for_each(|v| *v += bc);
-            }
-        });
+        let mut out = vec![0f32; y.len()];
+        let image = (c * row).max(1);
+        out.par_chunks_mut(image)
+            .zip(y.par_chunks(image))
+            .for_each(|(o, yi)| {
+                let rows = o.chunks_mut(row.max(1)).zip(yi.chunks(row.max(1)));
+                for ((or, yr), &bc) in rows.zip(b) {
+                    or.iter_mut().zip(yr).for_each(|(v, &u)| *v = u + bc);
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

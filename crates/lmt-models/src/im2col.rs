@@ -4,7 +4,7 @@
 //! Why: candle 0.11.1's CPU convolution computes the input gradient with a scalar scatter loop
 //! parallelised over output channels only, the kernel gradient as a poorly tiled convolution, and always
 //! both (`shared/reference/candle-cpu-performance.md`, items 3-4). Here each image's patch matrix
-//! (out_h · out_w, c_in · kh · kw) is gathered into a per-thread buffer and multiplied by the flattened
+//! (c_in · kh · kw, out_h · out_w) is gathered into a per-thread buffer and multiplied by the flattened
 //! kernel with the same gemm crate candle uses; images run in parallel, so no batch-sized patch matrix is
 //! ever allocated. The input gradient is gemm + the adjoint scatter (col2im); the kernel gradient sums
 //! gemms over fixed groups of images in a fixed order (bit-identical for any thread count). Each gradient
@@ -42,34 +42,32 @@ impl Patches {
         self.channels * self.h * self.w
     }
 
-    /// Calls `f(col_offset, image_offset, len)` for every run of patch entries of one image that read
-    /// `len` consecutive pixels of one input row, in the order (out row, out column, channel, kernel
-    /// row); the entries reading the zero padding are skipped. The order fixes the summation order of
-    /// the scatter, so changing it changes results in the last bits.
+    /// Calls `f(col_offset, image_offset, len)` for every run of `len` patch-matrix entries that lie
+    /// consecutively in one row of the (patch entry, output pixel) matrix and read the input at
+    /// `image_offset + t * stride`, t < len; the entries reading the zero padding are skipped.
     #[inline]
     fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let (oh, ow) = (self.out_h(), self.out_w());
-        let k = self.patch_len();
-        for y in 0..oh {
-            for x in 0..ow {
-                // Kernel columns j with 0 <= x * stride + j - pad < w.
-                let left = x * self.stride;
-                let j_lo = self.pad.saturating_sub(left);
-                let j_hi = self.kw.min((self.w + self.pad).saturating_sub(left));
-                if j_lo >= j_hi {
-                    continue;
-                }
-                let iw = left + j_lo - self.pad;
-                let row = (y * ow + x) * k;
-                for c in 0..self.channels {
-                    for i in 0..self.kh {
-                        let ih = (y * self.stride + i) as isize - self.pad as isize;
+        let (oh, ow, px) = (self.out_h(), self.out_w(), self.pixels());
+        let (s, pad) = (self.stride, self.pad);
+        for j in 0..self.kw {
+            // Output columns x with 0 <= x * s + j - pad < w.
+            let x_lo = pad.saturating_sub(j).div_ceil(s);
+            let x_hi = ow.min((self.w + pad).saturating_sub(j + 1) / s + 1);
+            if x_lo >= x_hi || self.w + pad < j + 1 {
+                continue;
+            }
+            let iw = x_lo * s + j - pad;
+            for c in 0..self.channels {
+                for i in 0..self.kh {
+                    let entry = (c * self.kh + i) * self.kw + j;
+                    for y in 0..oh {
+                        let ih = (y * s + i) as isize - pad as isize;
                         if ih < 0 || ih >= self.h as isize {
                             continue;
                         }
-                        let col = row + (c * self.kh + i) * self.kw + j_lo;
+                        let col = entry * px + y * ow + x_lo;
                         let img = (c * self.h + ih as usize) * self.w + iw;
-                        f(col, img, j_hi - j_lo);
+                        f(col, img, x_hi - x_lo);
                     }
                 }
             }
@@ -173,11 +171,11 @@ fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: M
 /// added in group order: the result does not depend on the thread count or on rayon's scheduling.
 const KERNEL_GRAD_GROUPS: usize = 8;
 
-/// Forward: `(x, kernel) -> y`; per image, gather the patch matrix (out_h · out_w, c · kh · kw) into a
-/// per-thread buffer and multiply by the flattened kernel, writing NCHW output directly.
+/// Forward: `(x, kernel) -> y`; per image, gather the patch matrix (c · kh · kw, out_h · out_w) into a
+/// per-thread buffer and multiply the flattened kernel by it, writing NCHW output directly.
 struct ConvFwd(Patches);
 
-/// Input gradient: `(grad_y, kernel) -> grad_x`; per image, grad_cols = grad_yᵀ · kernel, then scatter.
+/// Input gradient: `(grad_y, kernel) -> grad_x`; per image, grad_cols = kernelᵀ · grad_y, then scatter.
 struct ConvBwdInput(Patches);
 
 /// Kernel gradient: `(x, grad_y) -> grad_kernel` = Σ over images of grad_y · cols.
@@ -187,9 +185,15 @@ impl Patches {
     fn pixels(&self) -> usize {
         self.out_h() * self.out_w()
     }
+    /// The patch matrix (patch entry, output pixel) of one image.
     fn gather(&self, img: &[f32], cols: &mut [f32]) {
         cols.fill(0.0);
-        self.for_each_run(|c, i, n| cols[c..c + n].copy_from_slice(&img[i..i + n]));
+        let s = self.stride;
+        self.for_each_run(|c, i, n| {
+            for (t, d) in cols[c..c + n].iter_mut().enumerate() {
+                *d = img[i + t * s];
+            }
+        });
     }
 }
 
@@ -218,8 +222,7 @@ impl CustomOp2 for ConvFwd {
                 |cols, (yb, img)| {
                     p.gather(img, cols);
                     let w = Mat::rows(kernel, k);
-                    let colst = Mat::transposed(cols, k); // (k x px)
-                    sgemm(c_out, px, k, yb, false, w, colst);
+                    sgemm(c_out, px, k, yb, false, w, Mat::rows(cols, px));
                 },
             );
         let shape = Shape::from((p.batch, c_out, p.out_h(), p.out_w()));
@@ -277,12 +280,11 @@ impl CustomOp2 for ConvBwdInput {
             .for_each_init(
                 || vec![0f32; px * k],
                 |gcols, (img, gyb)| {
-                    let gyt = Mat::transposed(gyb, px); // (px x c_out)
-                    let w = Mat::rows(kernel, k);
-                    sgemm(px, k, c_out, gcols, false, gyt, w);
+                    let wt = Mat::transposed(kernel, k); // (k x c_out)
+                    sgemm(k, px, c_out, gcols, false, wt, Mat::rows(gyb, px));
                     p.for_each_run(|c, i, n| {
-                        for (d, g) in img[i..i + n].iter_mut().zip(&gcols[c..c + n]) {
-                            *d += g;
+                        for (t, g) in gcols[c..c + n].iter().enumerate() {
+                            img[i + t * p.stride] += g;
                         }
                     });
                 },
@@ -320,7 +322,7 @@ impl CustomOp2 for ConvBwdKernel {
                     p.gather(&x[b * p.image_len()..(b + 1) * p.image_len()], &mut cols);
                     let gyb = &gy[b * c_out * px..(b + 1) * c_out * px];
                     let lhs = Mat::rows(gyb, px);
-                    let rhs = Mat::rows(&cols, k);
+                    let rhs = Mat::transposed(&cols, px); // (px x k)
                     sgemm(c_out, k, px, &mut acc, b > start, lhs, rhs);
                 }
                 acc
