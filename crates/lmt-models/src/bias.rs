@@ -8,6 +8,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
+use crate::pool_threads::for_each_chunk;
+
 /// Forward: `(y, b) -> y + b` per channel (dimension 1).
 struct ChannelBias;
 
@@ -46,7 +48,6 @@ impl CustomOp2 for ChannelBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let (y, b) = (
             f32_data(s1, l1, self.name())?,
             f32_data(s2, l2, self.name())?,
@@ -56,15 +57,14 @@ impl CustomOp2 for ChannelBias {
             candle_core::bail!("channel bias: {} biases for {c} channels", b.len())
         }
         let mut out = vec![0f32; y.len()];
-        let image = (c * row).max(1);
-        out.par_chunks_mut(image)
-            .zip(y.par_chunks(image))
-            .for_each(|(o, yi)| {
-                let rows = o.chunks_mut(row.max(1)).zip(yi.chunks(row.max(1)));
-                for ((or, yr), &bc) in rows.zip(b) {
-                    or.iter_mut().zip(yr).for_each(|(v, &u)| *v = u + bc);
-                }
-            });
+        let image = c * row;
+        for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+            let yi = &y[i * image..(i + 1) * image];
+            let rows = o.chunks_mut(row.max(1)).zip(yi.chunks(row.max(1)));
+            for ((or, yr), &bc) in rows.zip(b) {
+                or.iter_mut().zip(yr).for_each(|(v, &u)| *v = u + bc);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -91,21 +91,18 @@ impl CustomOp1 for ChannelSum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let g = f32_data(s, l, self.name())?;
         let (c, row) = channel_rows(l.shape())?;
         let images = g.len().checked_div(c * row).unwrap_or(0);
-        let sums: Vec<f32> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let mut acc = 0f64;
-                for n in 0..images {
-                    let start = (n * c + ch) * row;
-                    acc += g[start..start + row].iter().map(|&v| v as f64).sum::<f64>();
-                }
-                acc as f32
-            })
-            .collect();
+        let mut sums = vec![0f32; c];
+        for_each_chunk(&mut sums, 1, 0, images * row, |ch, sum, _| {
+            let mut acc = 0f64;
+            for n in 0..images {
+                let start = (n * c + ch) * row;
+                acc += g[start..start + row].iter().map(|&v| v as f64).sum::<f64>();
+            }
+            sum[0] = acc as f32;
+        });
         Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
 }

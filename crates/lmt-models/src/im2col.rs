@@ -5,7 +5,7 @@
 //! parallelised over output channels only, the kernel gradient as a poorly tiled convolution, and always
 //! both (`shared/reference/candle-cpu-performance.md`, items 3-4). Here each image's patch matrix
 //! (c_in · kh · kw, out_h · out_w) is gathered into a per-thread buffer and multiplied by the flattened
-//! kernel with the same gemm crate candle uses; images run in parallel, so no batch-sized patch matrix is
+//! kernel with the same gemm crate candle uses; images run in parallel on candle's worker pool, so no batch-sized patch matrix is
 //! ever allocated. The input gradient is gemm + the adjoint scatter (col2im); the kernel gradient sums
 //! gemms over fixed groups of images in a fixed order (bit-identical for any thread count). Each gradient
 //! is computed only when its operand is tracked: the images of a training batch get none. Zero padding is
@@ -13,6 +13,8 @@
 //! Second derivatives through the convolution are not supported (nothing in lmt-rs takes them).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use crate::pool_threads::for_each_chunk;
 
 /// The geometry shared by the gather and the scatter: kernel, stride, padding and the input's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +170,7 @@ fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: M
 }
 
 /// The batch is split into this many fixed groups for the kernel gradient, whose partial sums are then
-/// added in group order: the result does not depend on the thread count or on rayon's scheduling.
+/// added in group order: the result does not depend on the thread count or on the schedule.
 const KERNEL_GRAD_GROUPS: usize = 8;
 
 /// Forward: `(x, kernel) -> y`; per image, gather the patch matrix (c · kh · kw, out_h · out_w) into a
@@ -209,22 +211,17 @@ impl CustomOp2 for ConvFwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let p = self.0;
         let (x, kernel) = operands(self.name(), (s1, l1), (s2, l2))?;
         let (k, px) = (p.patch_len(), p.pixels());
         let c_out = kernel.len() / k.max(1);
         let mut y = vec![0f32; p.batch * c_out * px];
-        y.par_chunks_mut((c_out * px).max(1))
-            .zip(x.par_chunks(p.image_len().max(1)))
-            .for_each_init(
-                || vec![0f32; px * k],
-                |cols, (yb, img)| {
-                    p.gather(img, cols);
-                    let w = Mat::rows(kernel, k);
-                    sgemm(c_out, px, k, yb, false, w, Mat::rows(cols, px));
-                },
-            );
+        let n = p.image_len();
+        for_each_chunk(&mut y, c_out * px, px * k, c_out * px * k, |b, yb, cols| {
+            p.gather(&x[b * n..(b + 1) * n], cols);
+            let w = Mat::rows(kernel, k);
+            sgemm(c_out, px, k, yb, false, w, Mat::rows(cols, px));
+        });
         let shape = Shape::from((p.batch, c_out, p.out_h(), p.out_w()));
         Ok((CpuStorage::F32(y), shape))
     }
@@ -269,26 +266,35 @@ impl CustomOp2 for ConvBwdInput {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let p = self.0;
         let (gy, kernel) = operands(self.name(), (s1, l1), (s2, l2))?;
         let (k, px) = (p.patch_len(), p.pixels());
         let c_out = kernel.len() / k.max(1);
         let mut gx = vec![0f32; p.batch * p.image_len()];
-        gx.par_chunks_mut(p.image_len().max(1))
-            .zip(gy.par_chunks((c_out * px).max(1)))
-            .for_each_init(
-                || vec![0f32; px * k],
-                |gcols, (img, gyb)| {
-                    let wt = Mat::transposed(kernel, k); // (k x c_out)
-                    sgemm(k, px, c_out, gcols, false, wt, Mat::rows(gyb, px));
-                    p.for_each_run(|c, i, n| {
-                        for (t, g) in gcols[c..c + n].iter().enumerate() {
-                            img[i + t * p.stride] += g;
-                        }
-                    });
-                },
-            );
+        let n = c_out * px;
+        for_each_chunk(
+            &mut gx,
+            p.image_len(),
+            px * k,
+            c_out * px * k,
+            |b, img, gcols| {
+                let wt = Mat::transposed(kernel, k); // (k x c_out)
+                sgemm(
+                    k,
+                    px,
+                    c_out,
+                    gcols,
+                    false,
+                    wt,
+                    Mat::rows(&gy[b * n..(b + 1) * n], px),
+                );
+                p.for_each_run(|c, i, n| {
+                    for (t, g) in gcols[c..c + n].iter().enumerate() {
+                        img[i + t * p.stride] += g;
+                    }
+                });
+            },
+        );
         let shape = Shape::from((p.batch, p.channels, p.h, p.w));
         Ok((CpuStorage::F32(gx), shape))
     }
@@ -306,30 +312,25 @@ impl CustomOp2 for ConvBwdKernel {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let (p, c_out) = (self.0, self.1);
         let (x, gy) = operands(self.name(), (s1, l1), (s2, l2))?;
         let (k, px) = (p.patch_len(), p.pixels());
         let per_group = p.batch.div_ceil(KERNEL_GRAD_GROUPS).max(1);
-        let partials: Vec<Vec<f32>> = (0..p.batch)
-            .step_by(per_group)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|start| {
-                let mut acc = vec![0f32; c_out * k];
-                let mut cols = vec![0f32; px * k];
-                for b in start..(start + per_group).min(p.batch) {
-                    p.gather(&x[b * p.image_len()..(b + 1) * p.image_len()], &mut cols);
-                    let gyb = &gy[b * c_out * px..(b + 1) * c_out * px];
-                    let lhs = Mat::rows(gyb, px);
-                    let rhs = Mat::transposed(&cols, px); // (px x k)
-                    sgemm(c_out, k, px, &mut acc, b > start, lhs, rhs);
-                }
-                acc
-            })
-            .collect();
+        let groups = p.batch.div_ceil(per_group);
+        let mut partials = vec![0f32; groups * c_out * k];
+        let work = per_group * c_out * px * k;
+        for_each_chunk(&mut partials, c_out * k, px * k, work, |g, acc, cols| {
+            let start = g * per_group;
+            for b in start..(start + per_group).min(p.batch) {
+                p.gather(&x[b * p.image_len()..(b + 1) * p.image_len()], cols);
+                let gyb = &gy[b * c_out * px..(b + 1) * c_out * px];
+                let lhs = Mat::rows(gyb, px);
+                let rhs = Mat::transposed(cols, px); // (px x k)
+                sgemm(c_out, k, px, acc, b > start, lhs, rhs);
+            }
+        });
         let mut total = vec![0f32; c_out * k];
-        for part in &partials {
+        for part in partials.chunks(c_out * k) {
             for (t, v) in total.iter_mut().zip(part) {
                 *t += v;
             }

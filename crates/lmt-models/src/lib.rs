@@ -47,6 +47,7 @@ mod kolter_wong;
 mod linear;
 mod lip;
 mod pool;
+mod pool_threads;
 mod residual;
 mod simple;
 mod wide_resnet;
