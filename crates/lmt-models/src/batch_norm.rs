@@ -6,6 +6,7 @@
 use candle_core::{Tensor, Var};
 use lmt_core::{norms, CertifiedBound};
 
+use crate::channel::{add_channel_bias, channel_sum, mul_channel};
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::{error::config, tensor_f64, Result};
 
@@ -86,17 +87,12 @@ impl BatchNorm2d {
     /// applied (batch variance, differentiable, in training; running variance at inference). Training
     /// also updates the running statistics.
     pub fn normalize(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
-        let (b, c, h, w) = x.dims4()?;
-        let (mean, var) = if ctx.train {
-            let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
-            let var = x
-                .broadcast_sub(&mean)?
-                .sqr()?
-                .mean_keepdim(0)?
-                .mean_keepdim(2)?
-                .mean_keepdim(3)?;
-            let (mean, var) = (mean.flatten_all()?, var.flatten_all()?);
+        let (b, _, h, w) = x.dims4()?;
+        let (xc, var) = if ctx.train {
             let m = (b * h * w) as f64;
+            let mean = (channel_sum(x)? / m)?;
+            let xc = add_channel_bias(x, &mean.neg()?)?;
+            let var = (channel_sum(&xc.sqr()?)? / m)?;
             let unbiased = m / (m - 1.0).max(1.0);
             let d = self.momentum;
             self.running_mean
@@ -104,19 +100,13 @@ impl BatchNorm2d {
             self.running_var.set(
                 &((self.running_var.as_tensor() * d)? + (var.detach() * ((1.0 - d) * unbiased))?)?,
             )?;
-            (mean, var)
+            (xc, var)
         } else {
-            (
-                self.running_mean.as_tensor().clone(),
-                self.running_var.as_tensor().clone(),
-            )
+            let xc = add_channel_bias(x, &self.running_mean.as_tensor().neg()?)?;
+            (xc, self.running_var.as_tensor().clone())
         };
         let scale = ctx.param(&self.gamma).div(&(var + self.eps)?.sqrt()?)?;
-        let shape = (1, c, 1, 1);
-        let y = x
-            .broadcast_sub(&mean.reshape(shape)?)?
-            .broadcast_mul(&scale.reshape(shape)?)?
-            .broadcast_add(&ctx.param(&self.beta).reshape(shape)?)?;
+        let y = add_channel_bias(&mul_channel(&xc, &scale)?, &ctx.param(&self.beta))?;
         Ok((y, scale))
     }
 

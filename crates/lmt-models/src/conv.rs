@@ -165,7 +165,7 @@ impl LipConv2d {
     fn apply(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
         let y = self.conv(x, &ctx.param(&self.weight))?;
         match &self.bias {
-            Some(b) => crate::bias::add_channel_bias(&y, &ctx.param(b)),
+            Some(b) => crate::channel::add_channel_bias(&y, &ctx.param(b)),
             None => Ok(y),
         }
     }
@@ -176,7 +176,7 @@ impl Module for LipConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.conv(x, &self.weight)?;
         match &self.bias {
-            Some(b) => crate::bias::add_channel_bias(&y, b),
+            Some(b) => crate::channel::add_channel_bias(&y, b),
             None => Ok(y),
         }
     }
@@ -251,10 +251,8 @@ impl LipModule for ConvBn {
                 let u = ctx
                     .vectors()?
                     .get(&self.conv.name, (1, c, h, w), x.device())?;
-                let v = self
-                    .conv
-                    .conv(u.as_tensor(), &self.conv.weight)?
-                    .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?;
+                let v = self.conv.conv(u.as_tensor(), &self.conv.weight)?;
+                let v = crate::channel::mul_channel(&v, &scale)?;
                 Ok(l2_norm(&v)?)
             },
             || self.certified(x.dims(), ctx.method),

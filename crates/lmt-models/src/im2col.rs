@@ -192,8 +192,12 @@ impl Patches {
         cols.fill(0.0);
         let s = self.stride;
         self.for_each_run(|c, i, n| {
-            for (t, d) in cols[c..c + n].iter_mut().enumerate() {
-                *d = img[i + t * s];
+            if s == 1 {
+                cols[c..c + n].copy_from_slice(&img[i..i + n]);
+            } else {
+                for (t, d) in cols[c..c + n].iter_mut().enumerate() {
+                    *d = img[i + t * s];
+                }
             }
         });
     }
@@ -289,8 +293,13 @@ impl CustomOp2 for ConvBwdInput {
                     Mat::rows(&gy[b * n..(b + 1) * n], px),
                 );
                 p.for_each_run(|c, i, n| {
-                    for (t, g) in gcols[c..c + n].iter().enumerate() {
-                        img[i + t * p.stride] += g;
+                    if p.stride == 1 {
+                        let dst = img[i..i + n].iter_mut();
+                        dst.zip(&gcols[c..c + n]).for_each(|(d, g)| *d += g);
+                    } else {
+                        for (t, g) in gcols[c..c + n].iter().enumerate() {
+                            img[i + t * p.stride] += g;
+                        }
                     }
                 });
             },

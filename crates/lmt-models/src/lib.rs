@@ -23,7 +23,7 @@
 #![deny(missing_docs)]
 
 pub use batch_norm::BatchNorm2d;
-pub use bias::add_channel_bias;
+pub use channel::{add_channel_bias, channel_sum, mul_channel};
 pub use conv::{conv_certified, ConvBn, ConvCfg, LipConv2d};
 pub(crate) use error::config;
 pub use error::{ModelError, Result};
@@ -38,7 +38,7 @@ pub use simple::{Dropout, Flatten, Relu};
 pub use wide_resnet::{WideResNet, WideResNetCfg};
 
 mod batch_norm;
-mod bias;
+mod channel;
 mod conv;
 mod error;
 mod im2col;

@@ -1,6 +1,7 @@
-//! Our im2col convolution against candle's `conv2d` (forward) and against the definition evaluated in
-//! f64 loops (forward, input gradient, kernel gradient) on random shapes: strides 1-3, paddings 0-2,
-//! odd sizes, batches of 1-3.
+//! Our custom ops against references: the im2col convolution against candle's `conv2d` (forward) and
+//! the definition in f64 loops (forward, input gradient, kernel gradient) on random shapes (strides 1-3,
+//! paddings 0-2, odd sizes, batches of 1-3); the per-channel ops and batch normalisation against the
+//! same formulas written with candle's broadcast ops.
 
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -172,5 +173,149 @@ fn channel_bias_equals_broadcast_add_with_its_gradients() {
             .collect();
         close("db", &v(go.get(&b).unwrap()), &want);
         close("db (candle)", &v(gt.get(&b).unwrap()), &want);
+    }
+}
+
+#[test]
+fn channel_scale_and_sum_equal_broadcast_ops_with_their_gradients() {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for shape in [vec![3, 5, 7, 4], vec![2, 3, 6], vec![2, 16, 9, 9]] {
+        let n: usize = shape.iter().product();
+        let c = shape[1];
+        let mut bshape = vec![1; shape.len()];
+        bshape[1] = c;
+        let x = Var::from_vec(random(&mut rng, n), shape.as_slice(), &dev).unwrap();
+        let s = Var::from_vec(random(&mut rng, c), c, &dev).unwrap();
+        let g = Tensor::from_vec(random(&mut rng, n), shape.as_slice(), &dev).unwrap();
+        let gc = Tensor::from_vec(random(&mut rng, c), c, &dev).unwrap();
+        // L = <g, x * s> + <gc, sum_c(x)>
+        let loss = |y: &Tensor, sum: &Tensor| {
+            ((y * &g).unwrap().sum_all().unwrap() + (sum * &gc).unwrap().sum_all().unwrap())
+                .unwrap()
+        };
+        let ours = lmt_models::mul_channel(x.as_tensor(), s.as_tensor()).unwrap();
+        let ours_sum = lmt_models::channel_sum(x.as_tensor()).unwrap();
+        let theirs = x
+            .as_tensor()
+            .broadcast_mul(&s.as_tensor().reshape(bshape.clone()).unwrap())
+            .unwrap();
+        let mut dims: Vec<usize> = (0..shape.len()).filter(|&d| d != 1).collect();
+        dims.reverse();
+        let mut theirs_sum = x.as_tensor().clone();
+        for d in dims {
+            theirs_sum = theirs_sum.sum(d).unwrap();
+        }
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let f64s = |t: &Tensor| v(t).iter().map(|&a| a as f64).collect::<Vec<_>>();
+        assert_eq!(v(&ours), v(&theirs), "x * s {shape:?}");
+        close("channel sum", &v(&ours_sum), &f64s(&theirs_sum));
+        let go = loss(&ours, &ours_sum).backward().unwrap();
+        let gt = loss(&theirs, &theirs_sum).backward().unwrap();
+        close("dx", &v(go.get(&x).unwrap()), &f64s(gt.get(&x).unwrap()));
+        close("ds", &v(go.get(&s).unwrap()), &f64s(gt.get(&s).unwrap()));
+    }
+}
+
+/// Batch normalisation (training and inference) against the same formulas written with candle's
+/// broadcast ops: output, scale, running statistics and the gradients of x, gamma and beta.
+#[test]
+fn batch_norm_equals_the_broadcast_formula() {
+    use lmt_models::{BatchNorm2d, CertifyMethod, Ctx};
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let (b, c, h, w) = (4, 3, 5, 6);
+    let x = Var::from_vec(random(&mut rng, b * c * h * w), (b, c, h, w), &dev).unwrap();
+    let gamma = Var::from_vec(random(&mut rng, c), c, &dev).unwrap();
+    let beta = Var::from_vec(random(&mut rng, c), c, &dev).unwrap();
+    let g = Tensor::from_vec(random(&mut rng, b * c * h * w), (b, c, h, w), &dev).unwrap();
+    let rm0 = random(&mut rng, c);
+    let rv0: Vec<f32> = random(&mut rng, c).iter().map(|a| a.abs() + 0.5).collect();
+    let pv = lmt_core::PowerVectors::new(0);
+    for train in [true, false] {
+        let rm = Var::from_vec(rm0.clone(), c, &dev).unwrap();
+        let rv = Var::from_vec(rv0.clone(), c, &dev).unwrap();
+        let bn = BatchNorm2d::new(
+            gamma.as_tensor().clone(),
+            beta.as_tensor().clone(),
+            rm.clone(),
+            rv.clone(),
+            1e-3,
+            0.9,
+        )
+        .unwrap();
+        let ctx = if train {
+            Ctx::train(&pv)
+        } else {
+            Ctx {
+                frozen: false,
+                ..Ctx::eval(CertifyMethod::Auto)
+            }
+        };
+        let (y, scale) = bn.normalize(x.as_tensor(), &ctx).unwrap();
+        // Reference.
+        let xt = x.as_tensor();
+        let (mean, var) = if train {
+            let mean = xt
+                .mean_keepdim(0)
+                .unwrap()
+                .mean_keepdim(2)
+                .unwrap()
+                .mean_keepdim(3)
+                .unwrap();
+            let var = xt
+                .broadcast_sub(&mean)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean_keepdim(0)
+                .unwrap()
+                .mean_keepdim(2)
+                .unwrap()
+                .mean_keepdim(3)
+                .unwrap();
+            (mean.flatten_all().unwrap(), var.flatten_all().unwrap())
+        } else {
+            (
+                Tensor::from_vec(rm0.clone(), c, &dev).unwrap(),
+                Tensor::from_vec(rv0.clone(), c, &dev).unwrap(),
+            )
+        };
+        let want_scale = gamma
+            .as_tensor()
+            .div(&(&var + 1e-3).unwrap().sqrt().unwrap())
+            .unwrap();
+        let sh = (1, c, 1, 1);
+        let want = xt
+            .broadcast_sub(&mean.reshape(sh).unwrap())
+            .unwrap()
+            .broadcast_mul(&want_scale.reshape(sh).unwrap())
+            .unwrap()
+            .broadcast_add(&beta.as_tensor().reshape(sh).unwrap())
+            .unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let f64s = |t: &Tensor| v(t).iter().map(|&a| a as f64).collect::<Vec<_>>();
+        close("y", &v(&y), &f64s(&want));
+        close("scale", &v(&scale), &f64s(&want_scale));
+        if train {
+            let m = (b * h * w) as f64;
+            let want_rm = ((Tensor::from_vec(rm0.clone(), c, &dev).unwrap() * 0.9).unwrap()
+                + (&mean * 0.1).unwrap())
+            .unwrap();
+            let want_rv = ((Tensor::from_vec(rv0.clone(), c, &dev).unwrap() * 0.9).unwrap()
+                + (&var * (0.1 * m / (m - 1.0))).unwrap())
+            .unwrap();
+            close("running mean", &v(rm.as_tensor()), &f64s(&want_rm));
+            close("running var", &v(rv.as_tensor()), &f64s(&want_rv));
+        }
+        // The scale enters the LMT estimate, so its gradient must flow too.
+        let loss = |y: &Tensor, s: &Tensor| {
+            ((y * &g).unwrap().sum_all().unwrap() + s.sqr().unwrap().sum_all().unwrap()).unwrap()
+        };
+        let go = loss(&y, &scale).backward().unwrap();
+        let gt = loss(&want, &want_scale).backward().unwrap();
+        for (name, p) in [("dx", &x), ("dgamma", &gamma), ("dbeta", &beta)] {
+            close(name, &v(go.get(p).unwrap()), &f64s(gt.get(p).unwrap()));
+        }
     }
 }

@@ -1,0 +1,242 @@
+//! Per-channel ops on `(N, C, ...)` tensors as candle custom ops: add a bias, multiply by a scale, sum
+//! over everything but the channel. Convolution biases and batch normalisation are built from them.
+//!
+//! Why: candle differentiates a broadcast by reducing the full `(N, C, H, W)` gradient over three axes
+//! with a strided fold (17% of a Kolter-Wong training step at batch 128, 20% of a WRN step in BN), and
+//! materialises zero gradients for untracked operands. Here every channel reduction is one contiguous
+//! sum per `(image, channel)` row, accumulated in f64 in a fixed order (deterministic for any thread
+//! count), and each gradient is computed only when its operand is tracked.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+use crate::pool_threads::for_each_chunk;
+
+/// `(y, b) -> y + b` per channel.
+struct AddChannel;
+
+/// `(x, s) -> x * s` per channel.
+struct MulChannel;
+
+/// `x -> (C)`, the sum over every dimension but 1.
+struct ChannelSum;
+
+/// `(a, b) -> (C)`, the per-channel sum of `a * b` (the scale gradient of [`MulChannel`]).
+struct ChannelDot;
+
+/// The contiguous f32 data of an operand, or an error naming the op.
+fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// `(channels, row length)` of an `(N, C, ...)` shape.
+fn channel_rows(shape: &Shape) -> Result<(usize, usize)> {
+    let dims = shape.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("channel op: input must be (N, C, ...), got {dims:?}")
+    }
+    Ok((dims[1], dims[2..].iter().product()))
+}
+
+/// `out[n, c, r] = f(x[n, c, r], v[c])` for a per-channel vector `v`.
+fn per_channel(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let (x, v) = (f32_data(s1, l1, op)?, f32_data(s2, l2, op)?);
+    let (c, row) = channel_rows(l1.shape())?;
+    if v.len() != c {
+        candle_core::bail!("{op}: {} values for {c} channels", v.len())
+    }
+    let mut out = vec![0f32; x.len()];
+    let image = c * row;
+    for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+        let xi = &x[i * image..(i + 1) * image];
+        let rows = o.chunks_mut(row.max(1)).zip(xi.chunks(row.max(1)));
+        for ((or, xr), &vc) in rows.zip(v) {
+            or.iter_mut().zip(xr).for_each(|(d, &u)| *d = f(u, vc));
+        }
+    });
+    Ok((CpuStorage::F32(out), l1.shape().clone()))
+}
+
+/// `sums[c] = sum over n, r of f(n, c, r)`, each channel's terms added in a fixed order in f64.
+fn channel_reduce(
+    shape: &Shape,
+    len: usize,
+    f: impl Fn(usize) -> f64 + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let (c, row) = channel_rows(shape)?;
+    let images = len.checked_div(c * row).unwrap_or(0);
+    let mut sums = vec![0f32; c];
+    for_each_chunk(&mut sums, 1, 0, images * row, |ch, sum, _| {
+        let mut acc = 0f64;
+        for n in 0..images {
+            let start = (n * c + ch) * row;
+            acc += (start..start + row).map(&f).sum::<f64>();
+        }
+        sum[0] = acc as f32;
+    });
+    Ok((CpuStorage::F32(sums), Shape::from(c)))
+}
+
+impl CustomOp2 for AddChannel {
+    fn name(&self) -> &'static str {
+        "lmt-add-channel"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        per_channel(self.name(), (s1, l1), (s2, l2), |u, b| u + b)
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = y.track_op().then(|| grad.clone());
+        let gb = if b.track_op() {
+            Some(grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)?)
+        } else {
+            None
+        };
+        Ok((gy, gb))
+    }
+}
+
+impl CustomOp2 for MulChannel {
+    fn name(&self) -> &'static str {
+        "lmt-mul-channel"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        per_channel(self.name(), (s1, l1), (s2, l2), |u, s| u * s)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(s, &MulChannel)?)
+        } else {
+            None
+        };
+        let gs = if s.track_op() {
+            Some(grad.apply_op2_no_bwd(x, &ChannelDot)?)
+        } else {
+            None
+        };
+        Ok((gx, gs))
+    }
+}
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "lmt-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_data(s, l, self.name())?;
+        channel_reduce(l.shape(), g.len(), |i| g[i] as f64)
+    }
+
+    fn bwd(&self, x: &Tensor, _sum: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let mut shape = vec![1; x.rank()];
+        shape[1] = grad.elem_count();
+        Ok(Some(grad.reshape(shape)?.broadcast_as(x.shape())?))
+    }
+}
+
+impl CustomOp2 for ChannelDot {
+    fn name(&self) -> &'static str {
+        "lmt-channel-dot"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (
+            f32_data(s1, l1, self.name())?,
+            f32_data(s2, l2, self.name())?,
+        );
+        if a.len() != b.len() {
+            candle_core::bail!(
+                "{}: operands of {} and {} values",
+                self.name(),
+                a.len(),
+                b.len()
+            )
+        }
+        channel_reduce(l1.shape(), a.len(), |i| a[i] as f64 * b[i] as f64)
+    }
+}
+
+/// Whether the custom ops apply (f32 on the CPU); otherwise candle's broadcast ops are used.
+fn native(x: &Tensor, v: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && v.dtype() == x.dtype()
+}
+
+/// `v` (C) reshaped to broadcast along dimension 1 of a rank-`rank` tensor.
+fn as_channels(v: &Tensor, rank: usize) -> Result<Tensor> {
+    let mut shape = vec![1; rank];
+    if rank >= 2 {
+        shape[1] = v.elem_count();
+    }
+    v.reshape(shape)
+}
+
+/// `y + b` with `b` (C) added along dimension 1 of `y` (N, C, ...).
+pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !native(y, b) {
+        return y.broadcast_add(&as_channels(b, y.rank())?);
+    }
+    y.contiguous()?.apply_op2(&b.contiguous()?, AddChannel)
+}
+
+/// `x * s` with `s` (C) multiplied along dimension 1 of `x` (N, C, ...).
+pub fn mul_channel(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    if !native(x, s) {
+        return x.broadcast_mul(&as_channels(s, x.rank())?);
+    }
+    x.contiguous()?.apply_op2(&s.contiguous()?, MulChannel)
+}
+
+/// The per-channel sum of `x` (N, C, ...) over every other dimension, shape (C).
+pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        let mut t = x.transpose(0, 1)?;
+        t = t.flatten_from(1)?;
+        return t.sum(1);
+    }
+    x.contiguous()?.apply_op1(ChannelSum)
+}
