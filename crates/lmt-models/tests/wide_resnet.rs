@@ -248,6 +248,10 @@ fn check_frozen(net: &dyn Classifier, vm: &VarMap, x: Tensor) {
             "tracked: every parameter gradient"
         );
     }
+    for (name, b) in net.buffers() {
+        let g = g_tracked.get(b.as_tensor());
+        assert!(g.is_none(), "{name}: a buffer is never differentiated");
+    }
 }
 
 #[test]
