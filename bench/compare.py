@@ -2,7 +2,8 @@
 """`make bench-compare`: each workload of experiments/benches/workloads.rs and bench/pytorch/bench.py,
 one process per workload and implementation (so peak RSS is the workload's own), taken in one run on
 this machine; prints one Markdown table: lmt-rs with candle's own convolution (`LMT_CONV=candle`, the
-state before our im2col op), lmt-rs as it is, PyTorch, and the ratio."""
+state before our im2col op), lmt-rs as it is, PyTorch, and the ratio. Each cell is the median of
+BENCH_ROUNDS (default 3) interleaved runs."""
 
 import json
 import os
@@ -37,18 +38,32 @@ def one(cmd, **env):
     return json.loads(lines[-1]) if lines else None
 
 
+# The machine is noisy (the same workload varies by 10-30% between processes), so each workload runs
+# ROUNDS times per implementation, the implementations interleaved, and the table shows the median run.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+def median_run(runs):
+    runs = sorted((r for r in runs if r), key=lambda r: r["ms"])
+    return runs[len(runs) // 2] if runs else None
+
+
 def main():
     names = sys.argv[1:] or WORKLOADS
     cargo = ["cargo", "bench", "-q", "-p", "experiments", "--bench", "workloads", "--"]
     rows = []
     for w in names:
-        candle_conv = one(cargo + [w], LMT_CONV="candle")
-        tuned = one(cargo + [w])
-        torch = one([PY, os.path.join("bench", "pytorch", "bench.py"), w]) if "certif" not in w else None
-        rows.append((w, candle_conv, tuned, torch))
+        runs = ([], [], [])
+        for _ in range(ROUNDS):
+            runs[0].append(one(cargo + [w], LMT_CONV="candle"))
+            runs[1].append(one(cargo + [w]))
+            if "certif" not in w:
+                runs[2].append(one([PY, os.path.join("bench", "pytorch", "bench.py"), w]))
+        rows.append((w, *map(median_run, runs)))
         sys.stderr.write(f"{w}: done\n")
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores; 2 threads each")
+    print(f"each cell: the median of {ROUNDS} interleaved runs, one process each")
     print(f"PyTorch: {torch_version(rows)}")
     print()
     print("| workload | lmt-rs, candle conv (ms) | lmt-rs (ms) | PyTorch (ms) | lmt-rs / PyTorch | RSS lmt-rs / PyTorch (MB) |")
