@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use crate::pool_threads::for_each_chunk;
+use crate::cpu::{contiguous_f32, for_each_chunk, operands};
 
 /// `(y, b) -> y + b` per channel.
 struct AddChannel;
@@ -22,17 +22,6 @@ struct ChannelSum;
 
 /// `(a, b) -> (C)`, the per-channel sum of `a * b` (the scale gradient of [`MulChannel`]).
 struct ChannelDot;
-
-/// The contiguous f32 data of an operand, or an error naming the op.
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: only f32 tensors are supported")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
 
 /// `(channels, row length)` of an `(N, C, ...)` shape.
 fn channel_rows(shape: &Shape) -> Result<(usize, usize)> {
@@ -50,7 +39,7 @@ fn per_channel(
     (s2, l2): (&CpuStorage, &Layout),
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<(CpuStorage, Shape)> {
-    let (x, v) = (f32_data(s1, l1, op)?, f32_data(s2, l2, op)?);
+    let (x, v) = operands(op, (s1, l1), (s2, l2))?;
     let (c, row) = channel_rows(l1.shape())?;
     if v.len() != c {
         candle_core::bail!("{op}: {} values for {c} channels", v.len())
@@ -162,7 +151,7 @@ impl CustomOp1 for ChannelSum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = f32_data(s, l, self.name())?;
+        let g = contiguous_f32(s, l, self.name())?;
         channel_reduce(l.shape(), g.len(), |i| g[i] as f64)
     }
 
@@ -185,10 +174,7 @@ impl CustomOp2 for ChannelDot {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (
-            f32_data(s1, l1, self.name())?,
-            f32_data(s2, l2, self.name())?,
-        );
+        let (a, b) = operands(self.name(), (s1, l1), (s2, l2))?;
         if a.len() != b.len() {
             candle_core::bail!(
                 "{}: operands of {} and {} values",

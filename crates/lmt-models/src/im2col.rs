@@ -14,7 +14,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use crate::pool_threads::for_each_chunk;
+use crate::cpu::{for_each_chunk, operands};
 
 /// The geometry shared by the gather and the scatter: kernel, stride, padding and the input's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,16 +77,6 @@ impl Patches {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: only f32 tensors are supported")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
-
 /// A row-major matrix view for [`sgemm`]: a slice with its row and column strides.
 #[derive(Clone, Copy)]
 struct Mat<'a> {
@@ -112,15 +102,6 @@ impl<'a> Mat<'a> {
             cs: row_len,
         }
     }
-}
-
-/// The two contiguous f32 operands of a custom op.
-fn operands<'a>(
-    op: &str,
-    (s1, l1): (&'a CpuStorage, &Layout),
-    (s2, l2): (&'a CpuStorage, &Layout),
-) -> Result<(&'a [f32], &'a [f32])> {
-    Ok((contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?))
 }
 
 /// `dst (m x n, row-major, row stride n) = [dst +] lhs (m x k) · rhs (k x n)`, single-threaded: the

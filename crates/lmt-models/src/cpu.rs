@@ -1,12 +1,39 @@
-//! Parallel loops on candle's own worker pool (`candle_core::utils::barrier_pool`).
+//! What our CPU custom ops share: contiguous f32 access to their operands, and one parallel loop on
+//! candle's own worker pool (`candle_core::utils::barrier_pool`).
 //!
-//! Why: candle runs its elementwise ops on this pool, whose workers spin for a while after each op; a
-//! second pool (rayon's) for our convolutions then competes with spinning threads for the same cores
+//! Why that pool: candle runs its elementwise ops on it, and its workers spin for a while after each op;
+//! a second pool (rayon's) for our convolutions then competes with spinning threads for the same cores
 //! (on 2 cores, 3 runnable threads). Running our loops on candle's pool keeps exactly one thread per
 //! core busy, and the calling thread works too.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// The contiguous f32 data of an operand, or an error naming the op.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// The two contiguous f32 operands of a custom op.
+pub(crate) fn operands<'a>(
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32])> {
+    Ok((contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?))
+}
 
 /// Below this many multiply-adds in all, a loop runs on the calling thread: waking the pool costs more,
 /// and a pool worker that another process keeps off the CPU makes the caller spin for a whole time slice
