@@ -198,10 +198,15 @@ struct Inequality {
     labels: Vec<usize>,
 }
 
-/// Distances of `attack_<label>.csv`, failures as infinity; `None` when the file is absent.
+/// Distances of `attack_<label>.csv`, failures as infinity; `None` when the file is absent or older
+/// than the run's checkpoint (an attack on an earlier model).
 fn attack_distances(dir: &Path, label: &str, n: usize) -> Result<Option<Vec<f64>>> {
     let p = dir.join(format!("attack_{label}.csv"));
     if !p.is_file() {
+        return Ok(None);
+    }
+    if !crate::pipeline::current(&p) {
+        eprintln!("{}: older than the checkpoint, not used", p.display());
         return Ok(None);
     }
     let t = Table::read(&p)?;
@@ -602,6 +607,12 @@ pub fn curves(a: &AnalysisArgs) -> Result<()> {
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         let cert_path = dir.join("certificates.csv");
+        if !crate::pipeline::current(&cert_path) {
+            bail!(
+                "{} is older than the run's checkpoint: certify the model again (run fig4)",
+                cert_path.display()
+            );
+        }
         let certs = Table::read(&cert_path)?;
         let radii: Vec<f64> = certs
             .numbers("radius", &cert_path)?
@@ -611,7 +622,7 @@ pub fn curves(a: &AnalysisArgs) -> Result<()> {
         let mut worst: Option<Vec<f64>> = None;
         for label in ["deepfool", "deepfool_clip", "cw", "pgd"] {
             let p = dir.join(format!("attack_{label}.csv"));
-            if !p.is_file() {
+            if !p.is_file() || !crate::pipeline::current(&p) {
                 continue;
             }
             let tb = Table::read(&p)?;

@@ -100,6 +100,14 @@ fn fresh(file: &Path, than: &Path) -> bool {
     matches!((m(file), m(than)), (Some(f), Some(t)) if f >= t)
 }
 
+/// Whether a result file in a run directory belongs to the run's current checkpoint: it is at least as
+/// new as `<dir>/checkpoint.safetensors`, or there is no checkpoint (committed results on a fresh clone,
+/// where files carry checkout times). A file older than the checkpoint came from an earlier model.
+pub fn current(file: &Path) -> bool {
+    let ckpt = file.with_file_name("checkpoint.safetensors");
+    !ckpt.is_file() || fresh(file, &ckpt)
+}
+
 /// Trains `config` under the profile (resuming; nothing to do when complete); returns the checkpoint.
 pub fn ensure_trained(a: &AnalysisArgs, config: &str) -> Result<PathBuf> {
     let out = run_dir(a, config);
@@ -183,4 +191,31 @@ pub fn ensure_attacked(
     args.test_subset = Some(points);
     configure(&mut args);
     crate::attack::run(&args).with_context(|| format!("attacking {} ({label})", ckpt.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::current;
+    use std::time::{Duration, SystemTime};
+
+    fn touch(path: &std::path::Path, age_s: u64) {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_result_older_than_the_checkpoint_is_not_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let attack = dir.path().join("attack_cw.csv");
+        touch(&attack, 100);
+        assert!(current(&attack), "no checkpoint: committed results count");
+        touch(&dir.path().join("checkpoint.safetensors"), 50);
+        assert!(
+            !current(&attack),
+            "made before the checkpoint: an earlier model"
+        );
+        touch(&attack, 10);
+        assert!(current(&attack), "made after the checkpoint");
+    }
 }
