@@ -161,11 +161,12 @@ pub fn conv_certified(
 }
 
 impl LipConv2d {
-    /// Convolution plus bias, with the parameters as `ctx` wants them (tracked, or detached when frozen).
-    fn apply(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
-        let y = self.conv(x, &ctx.param(&self.weight))?;
+    /// Convolution plus bias, each parameter passed through `param` (the tracked tensor itself, or
+    /// [`Ctx::param`], which detaches it when the context is frozen).
+    fn apply(&self, x: &Tensor, param: impl Fn(&Tensor) -> Tensor) -> candle_core::Result<Tensor> {
+        let y = self.conv(x, &param(&self.weight))?;
         match &self.bias {
-            Some(b) => crate::channel::add_channel_bias(&y, &ctx.param(b)),
+            Some(b) => crate::channel::add_channel_bias(&y, &param(b)),
             None => Ok(y),
         }
     }
@@ -174,17 +175,13 @@ impl LipConv2d {
 impl Module for LipConv2d {
     /// The layer with tracked parameters.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv(x, &self.weight)?;
-        match &self.bias {
-            Some(b) => crate::channel::add_channel_bias(&y, b),
-            None => Ok(y),
-        }
+        self.apply(x, Tensor::clone)
     }
 }
 
 impl LipModule for LipConv2d {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        let y = self.apply(x, ctx)?;
+        let y = self.apply(x, |t| ctx.param(t))?;
         let lip = lip.through(
             || {
                 let (_, c, h, w) = x.dims4()?;

@@ -76,23 +76,28 @@ impl LipLinear {
     }
 }
 
-impl Module for LipLinear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
+impl LipLinear {
+    /// `x W^T + b`, each parameter passed through `param` (the tracked tensor itself, or [`Ctx::param`],
+    /// which detaches it when the context is frozen).
+    fn apply(&self, x: &Tensor, param: impl Fn(&Tensor) -> Tensor) -> candle_core::Result<Tensor> {
+        let y = x.broadcast_matmul(&param(&self.weight).t()?)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => y.broadcast_add(&param(b)),
             None => Ok(y),
         }
     }
 }
 
+impl Module for LipLinear {
+    /// The layer with tracked parameters.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, Tensor::clone)
+    }
+}
+
 impl LipModule for LipLinear {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        let y = x.broadcast_matmul(&ctx.param(&self.weight).t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&ctx.param(b))?,
-            None => y,
-        };
+        let y = self.apply(x, |t| ctx.param(t))?;
         let lip = lip.through(
             || {
                 let u = ctx
