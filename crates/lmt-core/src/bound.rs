@@ -132,6 +132,14 @@ impl CertifiedBound {
         }
     }
 
+    /// The larger of two bounds of the same map (e.g. the blocks of a block-diagonal operator).
+    pub fn max(self, other: CertifiedBound) -> Self {
+        CertifiedBound {
+            value: self.value.max(other.value),
+            method: self.method.join(other.method),
+        }
+    }
+
     /// Concatenation `(f(x), g(x))`: sqrt(L_f^2 + L_g^2).
     pub fn concat(self, other: CertifiedBound) -> Self {
         CertifiedBound {

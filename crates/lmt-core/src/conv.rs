@@ -1,9 +1,12 @@
 //! A convolution as a linear operator on its real input size: geometry, f64 application and exact
 //! adjoint, and the assembled dense matrix.
 //!
-//! Cross-correlation as in candle and PyTorch: input `(c_in, H, W)`, kernel `(c_out, c_in, kh, kw)`, zero
-//! padding `(ph, pw)`, stride `(sh, sw)`, output `(c_out, Ho, Wo)` with `Ho = (H + 2 ph - kh) / sh + 1`.
-//! Biases are affine offsets and do not change a Lipschitz constant, so they are ignored throughout.
+//! Cross-correlation as in candle, PyTorch and ONNX: input `(c_in, H, W)`, kernel `(c_out, c_in, kh, kw)`,
+//! zero padding `pad` before and `pad_end` after each axis, stride `(sh, sw)`, dilation `(dh, dw)`, output
+//! `(c_out, Ho, Wo)` with `Ho = (H + pt + pb - ((kh - 1) dh + 1)) / sh + 1`. Output row `i` reads input row
+//! `i sh + a dh - pt` at kernel row `a`. Biases are affine offsets and do not change a Lipschitz constant,
+//! so they are ignored throughout. (Grouped convolutions are block diagonal; their bound is the largest
+//! over the groups, each a `ConvGeometry` of its own.)
 
 use crate::error::{invalid, Result};
 
@@ -20,8 +23,12 @@ pub struct ConvGeometry {
     pub kw: usize,
     /// Stride (rows, columns).
     pub stride: (usize, usize),
-    /// Zero padding (rows, columns) on each side.
+    /// Zero padding (rows, columns) before the input: top and left.
     pub pad: (usize, usize),
+    /// Zero padding (rows, columns) after the input: bottom and right (equal to `pad` when symmetric).
+    pub pad_end: (usize, usize),
+    /// Dilation (rows, columns): the spacing between kernel taps, 1 for an ordinary convolution.
+    pub dilation: (usize, usize),
     /// Input height.
     pub in_h: usize,
     /// Input width.
@@ -47,11 +54,29 @@ impl ConvGeometry {
             kw: k,
             stride: (stride, stride),
             pad: (pad, pad),
+            pad_end: (pad, pad),
+            dilation: (1, 1),
             in_h,
             in_w,
         };
         g.validate()?;
         Ok(g)
+    }
+
+    /// The extent of the kernel on the input, `((kh - 1) dh + 1, (kw - 1) dw + 1)`.
+    pub fn kernel_extent(&self) -> (usize, usize) {
+        (
+            (self.kh.max(1) - 1) * self.dilation.0 + 1,
+            (self.kw.max(1) - 1) * self.dilation.1 + 1,
+        )
+    }
+
+    /// The padded input size `(H + pt + pb, W + pl + pr)`.
+    pub fn padded(&self) -> (usize, usize) {
+        (
+            self.in_h + self.pad.0 + self.pad_end.0,
+            self.in_w + self.pad.1 + self.pad_end.1,
+        )
     }
 
     /// Checks that every size is positive and that the kernel fits in the padded input.
@@ -63,16 +88,19 @@ impl ConvGeometry {
             self.kw,
             self.stride.0,
             self.stride.1,
+            self.dilation.0,
+            self.dilation.1,
             self.in_h,
             self.in_w,
         ];
         if pos.contains(&0) {
             return Err(invalid(
                 "convolution geometry",
-                format!("{self:?}: sizes and strides must be positive"),
+                format!("{self:?}: sizes, strides and dilations must be positive"),
             ));
         }
-        if self.in_h + 2 * self.pad.0 < self.kh || self.in_w + 2 * self.pad.1 < self.kw {
+        let ((eh, ew), (ph, pw)) = (self.kernel_extent(), self.padded());
+        if ph < eh || pw < ew {
             return Err(invalid(
                 "convolution geometry",
                 format!("{self:?}: the kernel is larger than the padded input"),
@@ -83,12 +111,12 @@ impl ConvGeometry {
 
     /// Output height.
     pub fn out_h(&self) -> usize {
-        (self.in_h + 2 * self.pad.0 - self.kh) / self.stride.0 + 1
+        (self.padded().0 - self.kernel_extent().0) / self.stride.0 + 1
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        (self.in_w + 2 * self.pad.1 - self.kw) / self.stride.1 + 1
+        (self.padded().1 - self.kernel_extent().1) / self.stride.1 + 1
     }
 
     /// Input dimension `c_in H W` (the `n` of Thm. 2).
@@ -106,24 +134,48 @@ impl ConvGeometry {
         self.c_out * self.c_in * self.kh * self.kw
     }
 
-    /// Thm. 3's n: the largest number of windows containing one input element, as the authors count it:
-    /// `ceil(min(kh, H + 2ph - kh + 1) / sh) * ceil(min(kw, W + 2pw - kw + 1) / sw)`.
+    /// Thm. 3's n: the largest number of windows containing one input element, counted exactly. Windows
+    /// are products of one window per axis, so n is the product of the per-axis maxima. Without dilation
+    /// this equals the authors' `ceil(min(kh, H + 2ph - kh + 1) / sh) * ceil(min(kw, ...) / sw)`.
     pub fn windows_per_element(&self) -> usize {
-        let one =
-            |k: usize, size: usize, p: usize, s: usize| k.min(size + 2 * p - k + 1).div_ceil(s);
-        one(self.kh, self.in_h, self.pad.0, self.stride.0)
-            * one(self.kw, self.in_w, self.pad.1, self.stride.1)
+        let axis = |k: usize, d: usize, s: usize, p: usize, size: usize, outs: usize| {
+            let mut count = vec![0usize; size];
+            for o in 0..outs {
+                for a in 0..k {
+                    if let Some(i) = Self::source(o, a, s, d, p, size) {
+                        count[i] += 1;
+                    }
+                }
+            }
+            count.into_iter().max().unwrap_or(0)
+        };
+        axis(
+            self.kh,
+            self.dilation.0,
+            self.stride.0,
+            self.pad.0,
+            self.in_h,
+            self.out_h(),
+        ) * axis(
+            self.kw,
+            self.dilation.1,
+            self.stride.1,
+            self.pad.1,
+            self.in_w,
+            self.out_w(),
+        )
     }
 
     /// True when some output window lies entirely inside the unpadded input. Cor. 1's lower half
     /// (‖W'‖ <= ‖Conv‖) needs this; "input at least as large as the kernel" is not enough once stride and
     /// padding are involved (e.g. 3x3, stride 2, pad 1 on a 3-pixel input never reads rows 0..2 together).
     pub fn has_interior_window(&self) -> bool {
+        let (eh, ew) = self.kernel_extent();
         let axis = |k: usize, s: usize, p: usize, size: usize, outs: usize| {
             (0..outs).any(|o| o * s >= p && o * s - p + k <= size)
         };
-        axis(self.kh, self.stride.0, self.pad.0, self.in_h, self.out_h())
-            && axis(self.kw, self.stride.1, self.pad.1, self.in_w, self.out_w())
+        axis(eh, self.stride.0, self.pad.0, self.in_h, self.out_h())
+            && axis(ew, self.stride.1, self.pad.1, self.in_w, self.out_w())
     }
 
     pub(crate) fn check_kernel(&self, kernel: &[f64]) -> Result<()> {
@@ -144,10 +196,31 @@ impl ConvGeometry {
         Ok(())
     }
 
-    /// Input coordinate read by output position `o` at kernel offset `a` along one axis, if inside.
+    /// Input coordinate read by output position `o` at kernel tap `a` along one axis, if inside.
     #[inline]
-    fn source(o: usize, a: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
-        (o * stride + a).checked_sub(pad).filter(|&y| y < size)
+    fn source(
+        o: usize,
+        a: usize,
+        stride: usize,
+        dilation: usize,
+        pad: usize,
+        size: usize,
+    ) -> Option<usize> {
+        (o * stride + a * dilation)
+            .checked_sub(pad)
+            .filter(|&y| y < size)
+    }
+
+    /// [`Self::source`] along the rows.
+    #[inline]
+    fn row(&self, o: usize, a: usize) -> Option<usize> {
+        Self::source(o, a, self.stride.0, self.dilation.0, self.pad.0, self.in_h)
+    }
+
+    /// [`Self::source`] along the columns.
+    #[inline]
+    fn col(&self, o: usize, b: usize) -> Option<usize> {
+        Self::source(o, b, self.stride.1, self.dilation.1, self.pad.1, self.in_w)
     }
 
     /// im2col of one input: `(c_in kh kw) x (Ho Wo)`, row-major.
@@ -159,9 +232,9 @@ impl ConvGeometry {
                 for b in 0..self.kw {
                     let row = &mut cols[((c * self.kh + a) * self.kw + b) * p..][..p];
                     for i in 0..oh {
-                        let y = Self::source(i, a, self.stride.0, self.pad.0, self.in_h);
+                        let y = self.row(i, a);
                         for j in 0..ow {
-                            let xx = Self::source(j, b, self.stride.1, self.pad.1, self.in_w);
+                            let xx = self.col(j, b);
                             row[i * ow + j] = match (y, xx) {
                                 (Some(y), Some(xx)) => x[(c * self.in_h + y) * self.in_w + xx],
                                 _ => 0.0,
@@ -183,14 +256,11 @@ impl ConvGeometry {
                 for b in 0..self.kw {
                     let row = &cols[((c * self.kh + a) * self.kw + b) * p..][..p];
                     for i in 0..oh {
-                        let Some(y) = Self::source(i, a, self.stride.0, self.pad.0, self.in_h)
-                        else {
+                        let Some(y) = self.row(i, a) else {
                             continue;
                         };
                         for j in 0..ow {
-                            if let Some(xx) =
-                                Self::source(j, b, self.stride.1, self.pad.1, self.in_w)
-                            {
+                            if let Some(xx) = self.col(j, b) {
                                 x[(c * self.in_h + y) * self.in_w + xx] += row[i * ow + j];
                             }
                         }
@@ -246,7 +316,7 @@ impl ConvGeometry {
     }
 
     /// The dense `out_dim x in_dim` matrix of the operator, assembled entry by entry from the kernel
-    /// (row-major). Row `(o, i, j)` holds `K[o, c, a, b]` in column `(c, i sh + a - ph, j sw + b - pw)`.
+    /// (row-major). Row `(o, i, j)` holds `K[o, c, a, b]` in column `(c, i sh + a dh - pt, j sw + b dw - pl)`.
     pub fn dense_matrix(&self, kernel: &[f64]) -> Vec<f64> {
         let (oh, ow, n) = (self.out_h(), self.out_w(), self.in_dim());
         let mut m = vec![0.0; self.out_dim() * n];
@@ -256,14 +326,11 @@ impl ConvGeometry {
                     let row = &mut m[((o * oh + i) * ow + j) * n..][..n];
                     for c in 0..self.c_in {
                         for a in 0..self.kh {
-                            let Some(y) = Self::source(i, a, self.stride.0, self.pad.0, self.in_h)
-                            else {
+                            let Some(y) = self.row(i, a) else {
                                 continue;
                             };
                             for b in 0..self.kw {
-                                if let Some(x) =
-                                    Self::source(j, b, self.stride.1, self.pad.1, self.in_w)
-                                {
+                                if let Some(x) = self.col(j, b) {
                                     row[(c * self.in_h + y) * self.in_w + x] +=
                                         kernel[((o * self.c_in + c) * self.kh + a) * self.kw + b];
                                 }

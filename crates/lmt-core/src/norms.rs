@@ -9,6 +9,7 @@
 //! | [`conv_cisse`] | sqrt(kh kw) ‖W'‖ | Cisse et al. 2017 |
 //! | [`conv_peck`], [`pool_peck`] | sqrt(Ho Wo) ‖W‖_F, sqrt(#windows) | Peck et al. 2017, reconstructed |
 //! | [`avg_pool_thm3`], [`max_pool_thm3`] | sqrt(n)/sqrt(kh kw), sqrt(n) | Thm. 3 |
+//! | [`avg_pool_exact`] | product of the per-axis averaging norms | ours (exact) |
 //! | [`batch_norm_inference`] | max_c ‖gamma_c / sqrt(var_c + eps)‖ | Sec. 5.2 |
 //!
 //! Numerical methods multiply their result by `1 + ROUNDING_MARGIN` so that floating-point error in the
@@ -225,23 +226,26 @@ pub fn conv_power(g: &ConvGeometry, kernel: &[f64], cfg: &PowerConfig) -> Result
 }
 
 /// `fft`: the zero-padded convolution equals crop . circular convolution . zero-embedding on the
-/// `(H + 2ph) x (W + 2pw)` grid, and striding only subsamples the output, so its norm is at most the
+/// `(H + pt + pb) x (W + pl + pr)` grid, and striding only subsamples the output, so its norm is at most the
 /// circular convolution's: the largest singular value over the per-frequency `c_out x c_in` matrices of
 /// the kernel's 2-D DFT. Deterministic and never below the exact norm.
 pub fn conv_fft(g: &ConvGeometry, kernel: &[f64]) -> Result<CertifiedBound> {
     g.check_kernel(kernel)?;
-    let (nh, nw) = (g.in_h + 2 * g.pad.0, g.in_w + 2 * g.pad.1);
-    let phase = |n: usize, k: usize| -> Vec<Complex64> {
+    let (nh, nw) = g.padded();
+    // A dilated tap `a` sits at offset `a d` on the grid; no window wraps around, since the last output
+    // reads at most position padded - 1.
+    let phase = |n: usize, k: usize, d: usize| -> Vec<Complex64> {
         (0..n * k)
             .map(|i| {
                 Complex64::from_polar(
                     1.0,
-                    -2.0 * std::f64::consts::PI * ((i / k) * (i % k) % n) as f64 / n as f64,
+                    -2.0 * std::f64::consts::PI * ((i / k) * (i % k) * d % n) as f64 / n as f64,
                 )
             })
             .collect()
     };
-    let (ph, pw) = (phase(nh, g.kh), phase(nw, g.kw)); // ph[u * kh + a] = exp(-2 pi i u a / nh)
+    // ph[u * kh + a] = exp(-2 pi i u a dh / nh)
+    let (ph, pw) = (phase(nh, g.kh, g.dilation.0), phase(nw, g.kw, g.dilation.1));
     let (co, ci) = (g.c_out, g.c_in);
     let mut best: f64 = 0.0;
     let mut a = vec![Complex64::new(0.0, 0.0); co * ci];
@@ -322,6 +326,37 @@ pub fn avg_pool_thm3(g: &ConvGeometry) -> Result<CertifiedBound> {
         ((g.windows_per_element() as f64) / (g.kh * g.kw) as f64).sqrt(),
         BoundMethod::ClosedForm,
     )
+}
+
+/// The exact norm of average pooling of one channel (every channel alike): the operator is the
+/// Kronecker product of one averaging matrix per axis, so its norm is the product of theirs. Each output
+/// divides by its window size (`count_include_pad`, ONNX's and PyTorch's flag) or by the number of real
+/// input pixels in it (then the divisor of a window is the product of the per-axis counts). An output
+/// whose window lies entirely in the padding is an error when the padding is not counted.
+pub fn avg_pool_exact(g: &ConvGeometry, count_include_pad: bool) -> Result<CertifiedBound> {
+    g.validate()?;
+    let axis = |k: usize, s: usize, d: usize, p: usize, size: usize, outs: usize| {
+        let mut m = vec![0.0; outs * size];
+        for o in 0..outs {
+            let taps: Vec<usize> = (0..k)
+                .filter_map(|a| (o * s + a * d).checked_sub(p).filter(|&i| i < size))
+                .collect();
+            let div = if count_include_pad { k } else { taps.len() };
+            if div == 0 {
+                return Err(invalid(
+                    "average pooling",
+                    format!("{g:?}: output {o} averages only padding, which count_include_pad = 0 cannot divide by"),
+                ));
+            }
+            for i in taps {
+                m[o * size + i] += 1.0 / div as f64;
+            }
+        }
+        dense_spectral_norm(&m, outs, size)
+    };
+    let h = axis(g.kh, g.stride.0, g.dilation.0, g.pad.0, g.in_h, g.out_h())?;
+    let w = axis(g.kw, g.stride.1, g.dilation.1, g.pad.1, g.in_w, g.out_w())?;
+    CertifiedBound::new(h * w, BoundMethod::Dense)
 }
 
 /// Thm. 3 for max pooling: each window max is 1-Lipschitz, so sqrt(n).

@@ -8,17 +8,34 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-/// The operator matrix obtained independently of lmt-core: candle's conv2d applied to every basis vector.
+/// The operator matrix obtained independently of lmt-core: candle's conv2d applied to every basis vector
+/// (padded explicitly, at stride 1 with the geometry's dilation, then subsampled by the strides).
 fn matrix_from_candle(g: &ConvGeometry, kernel: &[f64]) -> DMatrix<f64> {
     let n = g.in_dim();
     let basis = Tensor::eye(n, candle_core::DType::F64, &Device::Cpu)
         .unwrap()
         .reshape((n, g.c_in, g.in_h, g.in_w))
+        .unwrap()
+        .pad_with_zeros(2, g.pad.0, g.pad_end.0)
+        .unwrap()
+        .pad_with_zeros(3, g.pad.1, g.pad_end.1)
         .unwrap();
     let k = Tensor::from_slice(kernel, (g.c_out, g.c_in, g.kh, g.kw), &Device::Cpu).unwrap();
-    assert_eq!(g.pad.0, g.pad.1);
-    assert_eq!(g.stride.0, g.stride.1);
-    let out = basis.conv2d(&k, g.pad.0, g.stride.0, 1, 1).unwrap(); // (n, c_out, Ho, Wo): column j = A e_j
+    assert_eq!(g.dilation.0, g.dilation.1);
+    let full = basis.conv2d(&k, 0, 1, g.dilation.0, 1).unwrap();
+    let pick = |len: usize, s: usize| {
+        Tensor::from_vec(
+            (0..len).map(|i| (i * s) as u32).collect::<Vec<_>>(),
+            len,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let out = full
+        .index_select(&pick(g.out_h(), g.stride.0), 2)
+        .unwrap()
+        .index_select(&pick(g.out_w(), g.stride.1), 3)
+        .unwrap(); // (n, c_out, Ho, Wo): column j = A e_j
     assert_eq!(out.dims(), [n, g.c_out, g.out_h(), g.out_w()]);
     let cols: Vec<f64> = out.flatten_all().unwrap().to_vec1().unwrap();
     DMatrix::from_row_slice(n, g.out_dim(), &cols).transpose()
@@ -28,7 +45,8 @@ fn sigma_max(m: &DMatrix<f64>) -> f64 {
     m.singular_values().iter().cloned().fold(0.0, f64::max)
 }
 
-fn random_case(rng: &mut ChaCha8Rng) -> (ConvGeometry, Vec<f64>) {
+/// A random convolution; every third case is general (asymmetric padding, unequal strides, dilation).
+fn random_case(rng: &mut ChaCha8Rng, general: bool) -> (ConvGeometry, Vec<f64>) {
     loop {
         let k = rng.random_range(1..=5);
         let s = rng.random_range(1..=2);
@@ -39,8 +57,26 @@ fn random_case(rng: &mut ChaCha8Rng) -> (ConvGeometry, Vec<f64>) {
         if ci * h * w > 600 || co * h * w > 600 {
             continue; // keep the brute-force SVDs quick; sizes still span every kernel/stride/padding mix
         }
-        if let Ok(g) = ConvGeometry::square(ci, co, k, s, p, h, w) {
-            let scale = (2.0 / (ci * k * k) as f64).sqrt(); // He normal, as the networks use
+        let geometry = if general {
+            let d = rng.random_range(1..=2);
+            let g = ConvGeometry {
+                c_in: ci,
+                c_out: co,
+                kh: k,
+                kw: rng.random_range(1..=4),
+                stride: (s, rng.random_range(1..=3)),
+                pad: (p, rng.random_range(0..=2)),
+                pad_end: (rng.random_range(0..=2), rng.random_range(0..=2)),
+                dilation: (d, d),
+                in_h: h,
+                in_w: w,
+            };
+            g.validate().map(|_| g)
+        } else {
+            ConvGeometry::square(ci, co, k, s, p, h, w)
+        };
+        if let Ok(g) = geometry {
+            let scale = (2.0 / (ci * g.kh * g.kw) as f64).sqrt(); // He normal, as the networks use
             let kernel = (0..g.kernel_len())
                 .map(|_| {
                     let z: f64 = StandardNormal.sample(rng);
@@ -62,10 +98,10 @@ fn every_bound_is_sound_on_random_convolutions() {
         rel_tolerance: 1e-10,
     };
     let (mut power_gap_max, mut fft_gap_max): (f64, f64) = (0.0, 0.0);
-    let cases = 200;
+    let cases = 300;
     let mut converged = 0;
     for case in 0..cases {
-        let (g, kernel) = random_case(&mut rng);
+        let (g, kernel) = random_case(&mut rng, case % 3 == 2);
         let truth = sigma_max(&matrix_from_candle(&g, &kernel));
         let dense = norms::conv_dense(&g, &kernel).unwrap().value();
         assert!(
@@ -117,6 +153,102 @@ fn every_bound_is_sound_on_random_convolutions() {
         converged >= cases * 9 / 10,
         "power iteration converged on only {converged} of {cases} cases"
     );
+}
+
+#[test]
+fn window_counts_equal_the_authors_formula_without_dilation_and_brute_force_always() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    for _ in 0..2000 {
+        let general = rng.random_bool(0.5);
+        let (g, _) = random_case(&mut rng, general);
+        // Brute force: every output window's input pixels, counted per pixel.
+        let (eh, ew) = g.kernel_extent();
+        let mut count = vec![0usize; g.in_h * g.in_w];
+        for i in 0..g.out_h() {
+            for j in 0..g.out_w() {
+                for a in 0..g.kh {
+                    for b in 0..g.kw {
+                        let y = (i * g.stride.0 + a * g.dilation.0) as isize - g.pad.0 as isize;
+                        let x = (j * g.stride.1 + b * g.dilation.1) as isize - g.pad.1 as isize;
+                        if y >= 0 && x >= 0 && (y as usize) < g.in_h && (x as usize) < g.in_w {
+                            count[y as usize * g.in_w + x as usize] += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let brute = count.into_iter().max().unwrap();
+        assert_eq!(g.windows_per_element(), brute, "{g:?}");
+        let symmetric = g.pad == g.pad_end && g.dilation == (1, 1);
+        if symmetric {
+            let one =
+                |k: usize, size: usize, p: usize, s: usize| k.min(size + 2 * p - k + 1).div_ceil(s);
+            let authors =
+                one(g.kh, g.in_h, g.pad.0, g.stride.0) * one(g.kw, g.in_w, g.pad.1, g.stride.1);
+            assert_eq!(brute, authors, "{g:?}: extent {eh}x{ew}");
+        }
+    }
+}
+
+#[test]
+fn exact_average_pool_norm_equals_the_svd_with_and_without_counting_padding() {
+    let mut rng = ChaCha8Rng::seed_from_u64(32);
+    let mut checked = 0;
+    while checked < 100 {
+        let (g, _) = random_case(&mut rng, true);
+        let g = ConvGeometry {
+            c_in: 1,
+            c_out: 1,
+            ..g
+        };
+        for include in [true, false] {
+            // The operator, assembled pixel by pixel from the definition of ONNX's AveragePool.
+            let (oh, ow) = (g.out_h(), g.out_w());
+            let mut m = DMatrix::<f64>::zeros(oh * ow, g.in_dim());
+            let mut empty = false;
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut taps = Vec::new();
+                    for a in 0..g.kh {
+                        for b in 0..g.kw {
+                            let y = (i * g.stride.0 + a * g.dilation.0) as isize - g.pad.0 as isize;
+                            let x = (j * g.stride.1 + b * g.dilation.1) as isize - g.pad.1 as isize;
+                            if y >= 0 && x >= 0 && (y as usize) < g.in_h && (x as usize) < g.in_w {
+                                taps.push(y as usize * g.in_w + x as usize);
+                            }
+                        }
+                    }
+                    let div = if include { g.kh * g.kw } else { taps.len() };
+                    empty |= div == 0;
+                    for t in taps {
+                        m[(i * ow + j, t)] += 1.0 / div.max(1) as f64;
+                    }
+                }
+            }
+            let ours = norms::avg_pool_exact(&g, include);
+            if empty {
+                assert!(
+                    ours.is_err(),
+                    "{g:?}: a window of padding only must be an error"
+                );
+                continue;
+            }
+            let ours = ours.unwrap().value();
+            let truth = sigma_max(&m);
+            assert!(
+                ours >= truth && ours <= truth * (1.0 + 1e-8),
+                "{g:?} include {include}: {ours} vs {truth}"
+            );
+            if include {
+                let thm3 = norms::avg_pool_thm3(&g).unwrap().value();
+                assert!(
+                    thm3 >= truth * (1.0 - 1e-12),
+                    "{g:?}: Thm. 3 {thm3} < {truth}"
+                );
+            }
+            checked += 1;
+        }
+    }
 }
 
 #[test]

@@ -7,25 +7,39 @@ use crate::batch_norm::BatchNorm2d;
 use crate::lip::{CertifyMethod, Ctx, Lip, LipModule};
 use crate::{error::config, tensor_f64, Result};
 
-/// Stride and zero padding of a square convolution.
+/// Strides, zero padding, dilation and groups of a convolution (the attributes ONNX's `Conv` has).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvCfg {
-    /// Stride in both directions.
-    pub stride: usize,
-    /// Zero padding on every side.
-    pub padding: usize,
+    /// Stride (rows, columns).
+    pub stride: (usize, usize),
+    /// Zero padding: top, left, bottom, right (ONNX's order).
+    pub pads: [usize; 4],
+    /// Dilation (rows, columns), 1 for an ordinary convolution.
+    pub dilation: (usize, usize),
+    /// Groups: input and output channels split into this many independent convolutions (depthwise when
+    /// it equals the input channels).
+    pub groups: usize,
 }
 
-impl Default for ConvCfg {
-    fn default() -> Self {
+impl ConvCfg {
+    /// Equal stride and padding on every side, no dilation, one group.
+    pub fn square(stride: usize, padding: usize) -> Self {
         ConvCfg {
-            stride: 1,
-            padding: 0,
+            stride: (stride, stride),
+            pads: [padding; 4],
+            dilation: (1, 1),
+            groups: 1,
         }
     }
 }
 
-/// A convolution `(c_out, c_in, k, k)`; `name` keys its power-iteration vector.
+impl Default for ConvCfg {
+    fn default() -> Self {
+        ConvCfg::square(1, 0)
+    }
+}
+
+/// A convolution `(c_out, c_in / groups, kh, kw)`; `name` keys its power-iteration vector.
 #[derive(Debug, Clone)]
 pub struct LipConv2d {
     weight: Tensor,
@@ -37,7 +51,7 @@ pub struct LipConv2d {
 }
 
 impl LipConv2d {
-    /// Builds from a kernel `(c_out, c_in, kh, kw)` and an optional bias `(c_out)`.
+    /// Builds from a kernel `(c_out, c_in / groups, kh, kw)` and an optional bias `(c_out)`.
     pub fn new(
         weight: Tensor,
         bias: Option<Tensor>,
@@ -50,8 +64,18 @@ impl LipConv2d {
                 format!("kernel must be 4-D, got {:?}", weight.dims()),
             )
         })?;
-        if cfg.stride == 0 {
-            return Err(config("conv2d", "stride must be positive"));
+        let ((sh, sw), (dh, dw)) = (cfg.stride, cfg.dilation);
+        if sh == 0 || sw == 0 || dh == 0 || dw == 0 {
+            return Err(config("conv2d", "strides and dilations must be positive"));
+        }
+        if cfg.groups == 0 || co % cfg.groups != 0 {
+            return Err(config(
+                "conv2d",
+                format!(
+                    "{co} output channels do not split into {} groups",
+                    cfg.groups
+                ),
+            ));
         }
         if let Some(b) = &bias {
             if b.dims() != [co] {
@@ -89,7 +113,8 @@ impl LipConv2d {
         &self.weight
     }
 
-    /// The geometry of this convolution on an input of shape `(_, c, h, w)`.
+    /// The geometry of one group of this convolution on an input of shape `(_, c, h, w)` (all groups share
+    /// it; with one group, the whole convolution).
     pub fn geometry(&self, input_dims: &[usize]) -> Result<ConvGeometry> {
         let (co, ci, kh, kw) = self.weight.dims4()?;
         let &[_, c, h, w] = input_dims else {
@@ -98,30 +123,34 @@ impl LipConv2d {
                 format!("input must be NCHW, got {input_dims:?}"),
             ));
         };
-        if c != ci {
+        let g = self.cfg.groups;
+        if c != ci * g {
             return Err(config(
                 "conv2d",
-                format!("input has {c} channels, kernel expects {ci}"),
+                format!("input has {c} channels, kernel expects {ci} x {g} groups"),
             ));
         }
-        let g = ConvGeometry {
+        let [pt, pl, pb, pr] = self.cfg.pads;
+        let geom = ConvGeometry {
             c_in: ci,
-            c_out: co,
+            c_out: co / g,
             kh,
             kw,
-            stride: (self.cfg.stride, self.cfg.stride),
-            pad: (self.cfg.padding, self.cfg.padding),
+            stride: self.cfg.stride,
+            pad: (pt, pl),
+            pad_end: (pb, pr),
+            dilation: self.cfg.dilation,
             in_h: h,
             in_w: w,
         };
-        g.validate()?;
-        Ok(g)
+        geom.validate()?;
+        Ok(geom)
     }
 
     /// The convolution (im2col + gemm with our own gradients; see `im2col`) with kernel `weight` (this
     /// layer's, tracked or detached), times the Parseval scale.
     fn conv(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-        let y = crate::im2col::conv2d(x, weight, self.cfg.stride, self.cfg.padding)?;
+        let y = crate::im2col::conv2d(x, weight, &self.cfg)?;
         if self.scale == 1.0 {
             Ok(y)
         } else {
@@ -131,8 +160,43 @@ impl LipConv2d {
 
     /// The certified bound on an input of shape `input_dims`.
     pub fn certified(&self, input_dims: &[usize], method: CertifyMethod) -> Result<CertifiedBound> {
-        conv_certified(&self.geometry(input_dims)?, &self.kernel_f64()?, method)
+        grouped_certified(
+            &self.geometry(input_dims)?,
+            self.cfg.groups,
+            &self.kernel_f64()?,
+            method,
+        )
     }
+}
+
+/// The certified norm of a convolution of `groups` groups that share geometry `g`, `kernel` holding the
+/// groups' kernels one after another: the operator is block diagonal (after ordering channels by group),
+/// so its norm is the largest over the groups.
+pub fn grouped_certified(
+    g: &ConvGeometry,
+    groups: usize,
+    kernel: &[f64],
+    method: CertifyMethod,
+) -> Result<CertifiedBound> {
+    let per = g.kernel_len();
+    if groups == 0 || kernel.len() != per * groups {
+        return Err(config(
+            "conv2d",
+            format!(
+                "{} kernel values for {groups} groups of {per}",
+                kernel.len()
+            ),
+        ));
+    }
+    let mut best: Option<CertifiedBound> = None;
+    for k in kernel.chunks(per) {
+        let b = conv_certified(g, k, method)?;
+        best = Some(match best {
+            Some(a) => a.max(b),
+            None => b,
+        });
+    }
+    best.ok_or_else(|| config("conv2d", "no groups"))
 }
 
 /// The certified norm of a convolution with `kernel` by `method`.
@@ -232,9 +296,14 @@ impl ConvBn {
             tensor_f64(self.bn.gamma())?,
             tensor_f64(self.bn.running_var().as_tensor())?,
         );
+        let groups = self.conv.cfg.groups;
+        let full = ConvGeometry {
+            c_out: g.c_out * groups,
+            ..g
+        };
         let fused =
-            norms::fuse_batch_norm(&g, &self.conv.kernel_f64()?, &gamma, &var, self.bn.eps())?;
-        conv_certified(&g, &fused, method)
+            norms::fuse_batch_norm(&full, &self.conv.kernel_f64()?, &gamma, &var, self.bn.eps())?;
+        grouped_certified(&g, groups, &fused, method)
     }
 }
 

@@ -14,9 +14,11 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
+use crate::conv::ConvCfg;
 use crate::cpu::{for_each_chunk, operands};
 
-/// The geometry shared by the gather and the scatter: kernel, stride, padding and the input's size.
+/// The geometry shared by the gather and the scatter: kernel, stride, dilation, padding and the input's
+/// size. Output row `y` at kernel row `i` reads input row `y sh + i dh - pt` (zero outside the input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Patches {
     batch: usize,
@@ -25,16 +27,55 @@ struct Patches {
     w: usize,
     kh: usize,
     kw: usize,
-    stride: usize,
-    pad: usize,
+    /// Stride (rows, columns).
+    stride: (usize, usize),
+    /// Dilation (rows, columns).
+    dilation: (usize, usize),
+    /// Padding before the input (top, left); the padding after it only changes the output size.
+    pad: (usize, usize),
+    out_h: usize,
+    out_w: usize,
 }
 
 impl Patches {
+    /// The patches of a `(batch, channels, h, w)` input under `cfg` with a `kh x kw` kernel, or `None`
+    /// when the kernel does not fit the padded input.
+    fn new(
+        dims: (usize, usize, usize, usize),
+        kh: usize,
+        kw: usize,
+        cfg: &ConvCfg,
+    ) -> Option<Self> {
+        let (batch, channels, h, w) = dims;
+        let [pt, pl, pb, pr] = cfg.pads;
+        let ((sh, sw), (dh, dw)) = (cfg.stride, cfg.dilation);
+        if sh == 0 || sw == 0 || dh == 0 || dw == 0 || kh == 0 || kw == 0 {
+            return None;
+        }
+        let (eh, ew) = ((kh - 1) * dh + 1, (kw - 1) * dw + 1);
+        let (hp, wp) = (h + pt + pb, w + pl + pr);
+        if hp < eh || wp < ew {
+            return None;
+        }
+        Some(Patches {
+            batch,
+            channels,
+            h,
+            w,
+            kh,
+            kw,
+            stride: cfg.stride,
+            dilation: cfg.dilation,
+            pad: (pt, pl),
+            out_h: (hp - eh) / sh + 1,
+            out_w: (wp - ew) / sw + 1,
+        })
+    }
     fn out_h(&self) -> usize {
-        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+        self.out_h
     }
     fn out_w(&self) -> usize {
-        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+        self.out_w
     }
     /// Entries of one patch: channels x kh x kw, in the order of a flattened (c_in, kh, kw) kernel.
     fn patch_len(&self) -> usize {
@@ -46,24 +87,28 @@ impl Patches {
 
     /// Calls `f(col_offset, image_offset, len)` for every run of `len` patch-matrix entries that lie
     /// consecutively in one row of the (patch entry, output pixel) matrix and read the input at
-    /// `image_offset + t * stride`, t < len; the entries reading the zero padding are skipped.
+    /// `image_offset + t * stride.1`, t < len; the entries reading the zero padding are skipped.
     #[inline]
     fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
         let (oh, ow, px) = (self.out_h(), self.out_w(), self.pixels());
-        let (s, pad) = (self.stride, self.pad);
+        let ((sh, sw), (dh, dw), (pt, pl)) = (self.stride, self.dilation, self.pad);
         for j in 0..self.kw {
-            // Output columns x with 0 <= x * s + j - pad < w.
-            let x_lo = pad.saturating_sub(j).div_ceil(s);
-            let x_hi = ow.min((self.w + pad).saturating_sub(j + 1) / s + 1);
-            if x_lo >= x_hi || self.w + pad < j + 1 {
+            // Output columns x with 0 <= x * sw + j * dw - pl < w.
+            let off = j * dw;
+            if self.w + pl < off + 1 {
                 continue;
             }
-            let iw = x_lo * s + j - pad;
+            let x_lo = pl.saturating_sub(off).div_ceil(sw);
+            let x_hi = ow.min((self.w + pl - off - 1) / sw + 1);
+            if x_lo >= x_hi {
+                continue;
+            }
+            let iw = x_lo * sw + off - pl;
             for c in 0..self.channels {
                 for i in 0..self.kh {
                     let entry = (c * self.kh + i) * self.kw + j;
                     for y in 0..oh {
-                        let ih = (y * s + i) as isize - pad as isize;
+                        let ih = (y * sh + i * dh) as isize - pt as isize;
                         if ih < 0 || ih >= self.h as isize {
                             continue;
                         }
@@ -171,7 +216,7 @@ impl Patches {
     /// The patch matrix (patch entry, output pixel) of one image.
     fn gather(&self, img: &[f32], cols: &mut [f32]) {
         cols.fill(0.0);
-        let s = self.stride;
+        let s = self.stride.1;
         self.for_each_run(|c, i, n| {
             if s == 1 {
                 cols[c..c + n].copy_from_slice(&img[i..i + n]);
@@ -273,13 +318,14 @@ impl CustomOp2 for ConvBwdInput {
                     wt,
                     Mat::rows(&gy[b * n..(b + 1) * n], px),
                 );
+                let s = p.stride.1;
                 p.for_each_run(|c, i, n| {
-                    if p.stride == 1 {
+                    if s == 1 {
                         let dst = img[i..i + n].iter_mut();
                         dst.zip(&gcols[c..c + n]).for_each(|(d, g)| *d += g);
                     } else {
                         for (t, g) in gcols[c..c + n].iter().enumerate() {
-                            img[i + t * p.stride] += g;
+                            img[i + t * s] += g;
                         }
                     }
                 });
@@ -336,56 +382,70 @@ fn use_candle_conv() -> bool {
     *CANDLE.get_or_init(|| std::env::var("LMT_CONV").is_ok_and(|v| v == "candle"))
 }
 
-/// Cross-correlation of `x` (batch, c_in, h, w) with `kernel` (c_out, c_in, kh, kw), equal stride and
-/// zero padding on both axes; the same values as candle's `conv2d`, with gradients by im2col + gemm.
-/// Falls back to candle's `conv2d` (via [`candle_conv2d`]) for anything but f32 on the CPU.
-pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+/// Cross-correlation of `x` (batch, c_in, h, w) with `kernel` (c_out, c_in / groups, kh, kw) under
+/// `cfg` (strides, zero padding on each side, dilation, groups); the same values as candle's and
+/// PyTorch's `conv2d`, with gradients by im2col + gemm. A grouped convolution runs each group on its
+/// channel slice and concatenates. Falls back to candle's `conv2d` (via [`candle_conv2d`]) for anything
+/// but f32 on the CPU.
+pub fn conv2d(x: &Tensor, kernel: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
     let (batch, channels, h, w) = x.dims4()?;
-    let (_, c_in, kh, kw) = kernel.dims4()?;
-    if use_candle_conv() || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        return candle_conv2d(x, kernel, stride, pad);
-    }
-    if c_in != channels || stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
+    let (c_out, c_in, kh, kw) = kernel.dims4()?;
+    let g = cfg.groups;
+    let p = Patches::new((batch, c_in, h, w), kh, kw, cfg);
+    if g == 0 || c_in * g != channels || c_out % g != 0 || p.is_none() {
         candle_core::bail!(
-            "conv2d: input {:?} does not fit kernel {:?} with stride {stride}, padding {pad}",
+            "conv2d: input {:?} does not fit kernel {:?} with {cfg:?}",
             x.dims(),
             kernel.dims()
         );
     }
-    let p = Patches {
-        batch,
-        channels,
-        h,
-        w,
-        kh,
-        kw,
-        stride,
-        pad,
-    };
+    if use_candle_conv() || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        return candle_conv2d(x, kernel, cfg);
+    }
+    if g > 1 {
+        let per = c_out / g;
+        let single = ConvCfg { groups: 1, ..*cfg };
+        let parts = (0..g)
+            .map(|i| {
+                conv2d(
+                    &x.narrow(1, i * c_in, c_in)?,
+                    &kernel.narrow(0, i * per, per)?,
+                    &single,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Tensor::cat(&parts, 1);
+    }
+    let p = p.expect("checked above");
     x.contiguous()?.apply_op2(&kernel.contiguous()?, ConvFwd(p))
 }
 
 /// candle's own `conv2d`: the path for non-f32 or non-CPU tensors, and for `LMT_CONV=candle` (A/B
-/// benchmarks).
-/// For stride > 1 the zero padding is applied explicitly, trimmed to exactly the rows and columns the
-/// windows read: candle's conv2d backward omits the output padding a strided layer needs when the
-/// windows do not end at the input's edge (e.g. 3x3, stride 2, pad 1 on an even size), and then returns
-/// an input gradient of the wrong shape. Same values, correct gradients.
-fn candle_conv2d(x: &Tensor, weight: &Tensor, s: usize, p: usize) -> Result<Tensor> {
-    if s == 1 {
-        return x.conv2d(weight, p, 1, 1, 1);
+/// benchmarks). It needs equal strides and dilations on both axes.
+/// The zero padding is applied explicitly, trimmed to exactly the rows and columns the windows read:
+/// candle's conv2d backward omits the output padding a strided layer needs when the windows do not end
+/// at the input's edge (e.g. 3x3, stride 2, pad 1 on an even size), and then returns an input gradient
+/// of the wrong shape. Same values, correct gradients.
+fn candle_conv2d(x: &Tensor, weight: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
+    let ((s, sw), (d, dw)) = (cfg.stride, cfg.dilation);
+    if s != sw || d != dw {
+        candle_core::bail!("conv2d: candle's convolution needs equal strides and dilations on both axes, got {cfg:?}");
     }
+    let [pt, pl, pb, pr] = cfg.pads;
     let (_, _, kh, kw) = weight.dims4()?;
     let mut x = x.clone();
-    for (dim, k) in [(2, kh), (3, kw)] {
+    for (dim, k, before, after) in [(2, kh, pt, pb), (3, kw, pl, pr)] {
         let size = x.dim(dim)?;
-        let out = (size + 2 * p - k) / s + 1;
-        let read = (out - 1) * s + k; // padded extent the windows touch
-        if read >= size + p {
-            x = x.pad_with_zeros(dim, p, read - size - p)?;
+        let extent = (k - 1) * d + 1;
+        let out = (size + before + after - extent) / s + 1;
+        let read = (out - 1) * s + extent; // padded extent the windows touch
+        if read >= size + before {
+            x = x.pad_with_zeros(dim, before, read - size - before)?;
         } else {
-            x = x.narrow(dim, 0, read - p)?.pad_with_zeros(dim, p, 0)?;
+            x = x
+                .narrow(dim, 0, read - before)?
+                .pad_with_zeros(dim, before, 0)?;
         }
     }
-    x.conv2d(weight, 0, s, 1, 1)
+    x.conv2d(weight, 0, s, d, cfg.groups)
 }

@@ -55,10 +55,7 @@ pub struct Output {
 impl KolterWong {
     /// Creates the parameters in `varmap`, initialised deterministically from `seed`.
     pub fn new(varmap: &VarMap, seed: u64, device: &Device) -> Result<Self> {
-        let s2 = ConvCfg {
-            stride: 2,
-            padding: 1,
-        };
+        let s2 = ConvCfg::square(2, 1);
         let conv = |name: &str, ci: usize, co: usize| -> Result<LipConv2d> {
             let w = param(
                 varmap,

@@ -55,6 +55,8 @@ impl Pool2d {
             kw: self.kernel,
             stride: (self.stride, self.stride),
             pad: (0, 0),
+            pad_end: (0, 0),
+            dilation: (1, 1),
             in_h: h,
             in_w: w,
         };

@@ -136,15 +136,7 @@ impl WideResNet {
                     seed,
                     dev,
                 )?;
-                let c = LipConv2d::new(
-                    w,
-                    None,
-                    ConvCfg {
-                        stride,
-                        padding: k / 2,
-                    },
-                    name,
-                )?;
+                let c = LipConv2d::new(w, None, ConvCfg::square(stride, k / 2), name)?;
                 Ok(if cfg.parseval {
                     c.with_output_scale(1.0 / k as f64)
                 } else {

@@ -1,11 +1,14 @@
 //! Our custom ops against references: the im2col convolution against candle's `conv2d` (forward) and
 //! the definition in f64 loops (forward, input gradient, kernel gradient) on random shapes (strides 1-3,
-//! paddings 0-2, odd sizes, batches of 1-3); the per-channel ops and batch normalisation against the
+//! paddings 0-2, odd sizes, batches of 1-3, and the general case: asymmetric pads, unequal strides,
+//! dilations 1-2, 1-3 groups); the per-channel ops and batch normalisation against the
 //! same formulas written with candle's broadcast ops.
 
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use lmt_models::ConvCfg;
 
 struct Case {
     b: usize,
@@ -15,35 +18,49 @@ struct Case {
     w: usize,
     kh: usize,
     kw: usize,
-    s: usize,
-    p: usize,
+    cfg: ConvCfg,
 }
 
-fn out(n: usize, k: usize, s: usize, p: usize) -> usize {
-    (n + 2 * p - k) / s + 1
+impl Case {
+    fn out(&self) -> (usize, usize) {
+        let [pt, pl, pb, pr] = self.cfg.pads;
+        let ((sh, sw), (dh, dw)) = (self.cfg.stride, self.cfg.dilation);
+        let eh = (self.kh - 1) * dh + 1;
+        let ew = (self.kw - 1) * dw + 1;
+        (
+            (self.h + pt + pb - eh) / sh + 1,
+            (self.w + pl + pr - ew) / sw + 1,
+        )
+    }
 }
 
-/// y, dL/dx and dL/dk of L = <g, conv(x, k)> from the definition of cross-correlation.
+/// y, dL/dx and dL/dk of L = <g, conv(x, k)> from the definition of grouped, dilated cross-correlation.
 fn definition(cs: &Case, x: &[f32], k: &[f32], g: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (oh, ow) = (out(cs.h, cs.kh, cs.s, cs.p), out(cs.w, cs.kw, cs.s, cs.p));
+    let (oh, ow) = cs.out();
+    let [pt, pl, _, _] = cs.cfg.pads;
+    let ((sh, sw), (dh, dw)) = (cs.cfg.stride, cs.cfg.dilation);
+    let groups = cs.cfg.groups;
+    let (cg, og) = (cs.c / groups, cs.o / groups);
     let mut y = vec![0f64; cs.b * cs.o * oh * ow];
     let mut gx = vec![0f64; x.len()];
     let mut gk = vec![0f64; k.len()];
     for b in 0..cs.b {
         for o in 0..cs.o {
+            let grp = o / og;
             for yy in 0..oh {
                 for xx in 0..ow {
                     let yi = ((b * cs.o + o) * oh + yy) * ow + xx;
-                    for c in 0..cs.c {
+                    for cl in 0..cg {
+                        let c = grp * cg + cl;
                         for i in 0..cs.kh {
                             for j in 0..cs.kw {
-                                let ih = (yy * cs.s + i) as isize - cs.p as isize;
-                                let iw = (xx * cs.s + j) as isize - cs.p as isize;
+                                let ih = (yy * sh + i * dh) as isize - pt as isize;
+                                let iw = (xx * sw + j * dw) as isize - pl as isize;
                                 if ih < 0 || iw < 0 || ih >= cs.h as isize || iw >= cs.w as isize {
                                     continue;
                                 }
                                 let xi = ((b * cs.c + c) * cs.h + ih as usize) * cs.w + iw as usize;
-                                let ki = ((o * cs.c + c) * cs.kh + i) * cs.kw + j;
+                                let ki = ((o * cg + cl) * cs.kh + i) * cs.kw + j;
                                 y[yi] += x[xi] as f64 * k[ki] as f64;
                                 gx[xi] += k[ki] as f64 * g[yi] as f64;
                                 gk[ki] += x[xi] as f64 * g[yi] as f64;
@@ -72,37 +89,60 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
+/// A random case; `general` draws asymmetric pads, unequal strides, dilations and groups, otherwise the
+/// square stride and padding of the built-in networks.
+fn draw(rng: &mut ChaCha8Rng, general: bool) -> Option<Case> {
+    let groups = if general { rng.random_range(1..4) } else { 1 };
+    let cfg = if general {
+        ConvCfg {
+            stride: (rng.random_range(1..4), rng.random_range(1..4)),
+            pads: [0; 4].map(|_| rng.random_range(0..3)),
+            dilation: (rng.random_range(1..3), rng.random_range(1..3)),
+            groups,
+        }
+    } else {
+        ConvCfg::square(rng.random_range(1..4), rng.random_range(0..3))
+    };
+    let cs = Case {
+        b: rng.random_range(1..4),
+        c: groups * rng.random_range(1..4),
+        o: groups * rng.random_range(1..4),
+        h: rng.random_range(3..12),
+        w: rng.random_range(3..12),
+        kh: rng.random_range(1..5),
+        kw: rng.random_range(1..5),
+        cfg,
+    };
+    let [pt, pl, pb, pr] = cs.cfg.pads;
+    let (dh, dw) = cs.cfg.dilation;
+    let fits = cs.h + pt + pb > (cs.kh - 1) * dh && cs.w + pl + pr > (cs.kw - 1) * dw;
+    fits.then_some(cs)
+}
+
 #[test]
 fn forward_and_both_gradients_equal_the_definition_and_candle() {
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut strided_uneven = 0;
-    for _ in 0..60 {
-        let cs = Case {
-            b: rng.random_range(1..4),
-            c: rng.random_range(1..4),
-            o: rng.random_range(1..5),
-            h: rng.random_range(3..12),
-            w: rng.random_range(3..12),
-            kh: rng.random_range(1..5),
-            kw: rng.random_range(1..5),
-            s: rng.random_range(1..4),
-            p: rng.random_range(0..3),
-        };
-        if cs.h + 2 * cs.p < cs.kh || cs.w + 2 * cs.p < cs.kw {
+    let (mut strided_uneven, mut general_cases) = (0, 0);
+    for case in 0..120 {
+        let general = case % 2 == 1;
+        let Some(cs) = draw(&mut rng, general) else {
             continue;
-        }
-        let (oh, ow) = (out(cs.h, cs.kh, cs.s, cs.p), out(cs.w, cs.kw, cs.s, cs.p));
-        if cs.s > 1 && (cs.h + 2 * cs.p - cs.kh) % cs.s != 0 {
+        };
+        general_cases += general as usize;
+        let (oh, ow) = cs.out();
+        let (s, p) = (cs.cfg.stride.0, cs.cfg.pads[0]);
+        if !general && s > 1 && (cs.h + 2 * p - cs.kh) % s != 0 {
             strided_uneven += 1; // the windows stop short of the padded edge
         }
         let xs = random(&mut rng, cs.b * cs.c * cs.h * cs.w);
-        let ks = random(&mut rng, cs.o * cs.c * cs.kh * cs.kw);
+        let cg = cs.c / cs.cfg.groups;
+        let ks = random(&mut rng, cs.o * cg * cs.kh * cs.kw);
         let gs = random(&mut rng, cs.b * cs.o * oh * ow);
         let x = Var::from_vec(xs.clone(), (cs.b, cs.c, cs.h, cs.w), &dev).unwrap();
-        let k = Var::from_vec(ks.clone(), (cs.o, cs.c, cs.kh, cs.kw), &dev).unwrap();
+        let k = Var::from_vec(ks.clone(), (cs.o, cg, cs.kh, cs.kw), &dev).unwrap();
         let g = Tensor::from_vec(gs.clone(), (cs.b, cs.o, oh, ow), &dev).unwrap();
-        let y = lmt_models::conv2d(x.as_tensor(), k.as_tensor(), cs.s, cs.p).unwrap();
+        let y = lmt_models::conv2d(x.as_tensor(), k.as_tensor(), &cs.cfg).unwrap();
         assert_eq!(y.dims(), &[cs.b, cs.o, oh, ow]);
         let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
         let (want_y, want_gx, want_gk) = definition(&cs, &xs, &ks, &gs);
@@ -111,17 +151,20 @@ fn forward_and_both_gradients_equal_the_definition_and_candle() {
         close("input gradient", &flat(grads.get(&x).unwrap()), &want_gx);
         close("kernel gradient", &flat(grads.get(&k).unwrap()), &want_gk);
         // With untracked images (a training batch) only the kernel gradient is computed, and it is the same.
-        let y2 = lmt_models::conv2d(&x.as_tensor().detach(), k.as_tensor(), cs.s, cs.p).unwrap();
+        let y2 = lmt_models::conv2d(&x.as_tensor().detach(), k.as_tensor(), &cs.cfg).unwrap();
         let g2 = (&y2 * &g).unwrap().sum_all().unwrap().backward().unwrap();
         assert_eq!(flat(g2.get(&k).unwrap()), flat(grads.get(&k).unwrap()));
-        let reference = x.conv2d(&k, cs.p, cs.s, 1, 1).unwrap();
-        let want: Vec<f64> = flat(&reference).iter().map(|&v| v as f64).collect();
-        close("candle conv2d", &flat(&y), &want);
+        if !general {
+            let reference = x.conv2d(&k, p, s, 1, 1).unwrap();
+            let want: Vec<f64> = flat(&reference).iter().map(|&v| v as f64).collect();
+            close("candle conv2d", &flat(&y), &want);
+        }
     }
     assert!(
         strided_uneven > 5,
         "the draw covers strided windows that stop short"
     );
+    assert!(general_cases > 30, "only {general_cases} general cases");
 }
 
 #[test]

@@ -35,10 +35,7 @@ struct Net {
 impl Net {
     fn new(seed: u64) -> Net {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let s1 = ConvCfg {
-            stride: 1,
-            padding: 1,
-        };
+        let s1 = ConvCfg::square(1, 1);
         let bn = BatchNorm2d::new(
             randn(&mut rng, &[6], 1.0),
             randn(&mut rng, &[6], 0.1),
@@ -69,10 +66,7 @@ impl Net {
                 LipConv2d::new(
                     randn(&mut rng, &[6, 4, 3, 3], 0.3),
                     None,
-                    ConvCfg {
-                        stride: 2,
-                        padding: 1,
-                    },
+                    ConvCfg::square(2, 1),
                     "convbn",
                 )
                 .unwrap(),
@@ -340,16 +334,7 @@ fn bad_layer_configs_are_errors() {
         "c"
     )
     .is_err());
-    assert!(LipConv2d::new(
-        k,
-        None,
-        ConvCfg {
-            stride: 0,
-            padding: 0
-        },
-        "c"
-    )
-    .is_err());
+    assert!(LipConv2d::new(k, None, ConvCfg::square(0, 0), "c").is_err());
     assert!(Dropout::new(1.0, "d").is_err());
     assert!(Pool2d::new(PoolKind::Max, 0, 1).is_err());
     let v = || Var::from_tensor(&Tensor::ones(2, DType::F32, &DEV).unwrap()).unwrap();
@@ -517,16 +502,7 @@ fn strided_convolution_values_equal_candles_conv2d() {
         (5, 2, 0, 9, 12),
     ] {
         let kernel = randn(&mut rng, &[3, 2, k, k], 1.0);
-        let conv = LipConv2d::new(
-            kernel.clone(),
-            None,
-            ConvCfg {
-                stride: s,
-                padding: p,
-            },
-            "c",
-        )
-        .unwrap();
+        let conv = LipConv2d::new(kernel.clone(), None, ConvCfg::square(s, p), "c").unwrap();
         let x = randn(&mut rng, &[2, 2, h, w], 1.0);
         let ours: Vec<f32> = conv
             .forward_lip(&x, Lip::None, &Ctx::eval(CertifyMethod::Auto))
