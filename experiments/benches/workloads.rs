@@ -82,7 +82,13 @@ fn train_step(
         let loss = if lmt {
             let out = model.forward(&x, Lip::Estimate(LipEstimate::one(&Device::Cpu)?), &ctx)?;
             let l = out.l_sub.estimate().ok_or("no estimate")?.tensor().clone();
-            let z = lmt_logits_prop2(&out.logits, &y, &l, model.last_weight(), true)?;
+            let z = lmt_logits_prop2(
+                &out.logits,
+                &y,
+                &l,
+                model.last_weight().ok_or("no last layer")?,
+                true,
+            )?;
             cross_entropy(&z, &y)?
         } else {
             cross_entropy(&model.forward(&x, Lip::None, &ctx)?.logits, &y)?
@@ -206,12 +212,9 @@ fn run(name: &str) -> Res<f64> {
         "kw_certify_10000" => {
             // Logits of 10,000 inputs in batches of 1000 and their Prop. 2 radii (bound given).
             let model = KolterWong::new(&vm, 0, &dev)?;
-            let w: Vec<f64> = model
-                .last_weight()
-                .flatten_all()?
-                .to_dtype(DType::F64)?
-                .to_vec1()?;
-            let (classes, dim) = model.last_weight().dims2()?;
+            let last = model.last_weight().ok_or("no last layer")?;
+            let w: Vec<f64> = last.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let (classes, dim) = last.dims2()?;
             let l_sub = CertifiedBound::one();
             let (x, _) = batch(1000, 1, 28)?;
             let labels: Vec<usize> = (0..1000).map(|i| i % classes).collect();

@@ -79,13 +79,12 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         .test_subset
         .unwrap_or(data.test.len())
         .min(data.test.len());
-    let w: Vec<f64> = built
+    let last = built
         .model
         .last_weight()
-        .flatten_all()?
-        .to_dtype(DType::F64)?
-        .to_vec1()?;
-    let (classes, dim) = built.model.last_weight().dims2()?;
+        .context("the model has no last linear layer")?;
+    let w: Vec<f64> = last.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+    let (classes, dim) = last.dims2()?;
     let mut certs: Vec<Certificate> = Vec::with_capacity(n);
     for start in (0..n).step_by(1000) {
         let idx: Vec<usize> = (start..(start + 1000).min(n)).collect();

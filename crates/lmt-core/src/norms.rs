@@ -11,6 +11,7 @@
 //! | [`avg_pool_thm3`], [`max_pool_thm3`] | sqrt(n)/sqrt(kh kw), sqrt(n) | Thm. 3 |
 //! | [`avg_pool_exact`] | product of the per-axis averaging norms | ours (exact) |
 //! | [`batch_norm_inference`] | max_c ‖gamma_c / sqrt(var_c + eps)‖ | Sec. 5.2 |
+//! | [`activation`], [`elementwise_scale`] | 1, max(1, ‖alpha‖), 1/4; max ‖c‖ | closed forms |
 //!
 //! Numerical methods multiply their result by `1 + ROUNDING_MARGIN` so that floating-point error in the
 //! eigenvalue computation cannot make a bound fall below the exact norm.
@@ -375,6 +376,43 @@ pub fn pool_peck(g: &ConvGeometry) -> Result<CertifiedBound> {
     CertifiedBound::new(
         ((g.out_h() * g.out_w()) as f64).sqrt(),
         BoundMethod::PeckReconstructed,
+    )
+}
+
+/// An elementwise activation whose Lipschitz constant has a closed form.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// max(0, x): 1.
+    Relu,
+    /// x for x >= 0, alpha x otherwise: max(1, |alpha|).
+    LeakyRelu(f64),
+    /// 1 / (1 + e^-x): its derivative peaks at 1/4.
+    Sigmoid,
+    /// tanh: its derivative peaks at 1.
+    Tanh,
+    /// min(max(x, lo), hi): 1.
+    Clip,
+}
+
+/// The Lipschitz constant of an elementwise activation (exact: each is attained).
+pub fn activation(a: Activation) -> Result<CertifiedBound> {
+    let v = match a {
+        Activation::Relu | Activation::Tanh | Activation::Clip => 1.0,
+        Activation::LeakyRelu(alpha) => alpha.abs().max(1.0),
+        Activation::Sigmoid => 0.25,
+    };
+    CertifiedBound::new(v, BoundMethod::ClosedForm)
+}
+
+/// Multiplication by a constant, elementwise after broadcasting (a diagonal operator): max |c|. Input
+/// normalisation `(x - mean) / std` is this with c = 1 / std, plus a shift that does not count.
+pub fn elementwise_scale(values: &[f64]) -> Result<CertifiedBound> {
+    if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+        return Err(CoreError::NonFinite("elementwise scale"));
+    }
+    CertifiedBound::new(
+        values.iter().fold(0.0f64, |m, v| m.max(v.abs())),
+        BoundMethod::ClosedForm,
     )
 }
 

@@ -78,6 +78,32 @@ impl BatchNorm2d {
         &self.running_var
     }
 
+    /// beta.
+    pub fn beta(&self) -> &Tensor {
+        &self.beta
+    }
+
+    /// The running mean.
+    pub fn running_mean(&self) -> &Var {
+        &self.running_mean
+    }
+
+    /// The per-channel scale at inference, `gamma_c / sqrt(running_var_c + eps)`, in f64.
+    pub fn inference_scale(&self) -> Result<Vec<f64>> {
+        let var = tensor_f64(self.running_var.as_tensor())?;
+        if var.iter().any(|v| v.is_nan() || *v < 0.0) || var.len() != self.channels() {
+            return Err(config(
+                "batch norm",
+                "running variances must be non-negative numbers",
+            ));
+        }
+        Ok(tensor_f64(&self.gamma)?
+            .iter()
+            .zip(var)
+            .map(|(g, v)| g / (v + self.eps).sqrt())
+            .collect())
+    }
+
     /// eps.
     pub fn eps(&self) -> f64 {
         self.eps

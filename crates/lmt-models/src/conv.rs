@@ -160,12 +160,52 @@ impl LipConv2d {
 
     /// The certified bound on an input of shape `input_dims`.
     pub fn certified(&self, input_dims: &[usize], method: CertifyMethod) -> Result<CertifiedBound> {
-        grouped_certified(
-            &self.geometry(input_dims)?,
-            self.cfg.groups,
-            &self.kernel_f64()?,
-            method,
-        )
+        self.certified_scaled(input_dims, method, None)
+    }
+
+    /// The certified bound of this convolution followed by a per-output-channel scaling (batch norm at
+    /// inference, or a multiplication by a per-channel constant), bounded as one operator: the scale is
+    /// folded into the kernel, which is tighter than the product of the two norms.
+    pub fn certified_scaled(
+        &self,
+        input_dims: &[usize],
+        method: CertifyMethod,
+        channel_scale: Option<&[f64]>,
+    ) -> Result<CertifiedBound> {
+        let g = self.geometry(input_dims)?;
+        let mut kernel = self.kernel_f64()?;
+        if let Some(s) = channel_scale {
+            let per = kernel.len() / s.len().max(1);
+            if s.len() != self.weight.dim(0)? || s.iter().any(|v| !v.is_finite()) {
+                return Err(config(
+                    "conv2d",
+                    format!(
+                        "{} finite channel scales for {} output channels",
+                        s.len(),
+                        self.weight.dim(0)?
+                    ),
+                ));
+            }
+            for (row, v) in kernel.chunks_mut(per).zip(s) {
+                row.iter_mut().for_each(|k| *k *= v);
+            }
+        }
+        grouped_certified(&g, self.cfg.groups, &kernel, method)
+    }
+
+    /// Stride, padding, dilation and groups.
+    pub fn cfg(&self) -> &ConvCfg {
+        &self.cfg
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The fixed output scale (1 unless a Parseval network's 1/sqrt(kh kw)).
+    pub fn output_scale(&self) -> f64 {
+        self.scale
     }
 }
 
@@ -291,19 +331,18 @@ impl ConvBn {
 
     /// The certified bound of the fused operator (running variance) on an input of shape `input_dims`.
     pub fn certified(&self, input_dims: &[usize], method: CertifyMethod) -> Result<CertifiedBound> {
-        let g = self.conv.geometry(input_dims)?;
-        let (gamma, var) = (
-            tensor_f64(self.bn.gamma())?,
-            tensor_f64(self.bn.running_var().as_tensor())?,
-        );
-        let groups = self.conv.cfg.groups;
-        let full = ConvGeometry {
-            c_out: g.c_out * groups,
-            ..g
-        };
-        let fused =
-            norms::fuse_batch_norm(&full, &self.conv.kernel_f64()?, &gamma, &var, self.bn.eps())?;
-        grouped_certified(&g, groups, &fused, method)
+        self.conv
+            .certified_scaled(input_dims, method, Some(&self.bn.inference_scale()?))
+    }
+
+    /// The convolution.
+    pub fn conv(&self) -> &LipConv2d {
+        &self.conv
+    }
+
+    /// The batch normalisation.
+    pub fn bn(&self) -> &BatchNorm2d {
+        &self.bn
     }
 }
 

@@ -8,7 +8,7 @@ use candle_nn::VarMap;
 
 use crate::init::{param, Init};
 use crate::lip::{Ctx, Lip, LipModule};
-use crate::{forward_seq, ConvCfg, Flatten, LipConv2d, LipLinear, Relu, Result};
+use crate::{forward_seq, Act, ConvCfg, Flatten, Graph, LipConv2d, LipLinear, Op, Relu, Result};
 
 /// The network; the last layer is kept apart for Prop. 2.
 #[derive(Debug, Clone)]
@@ -24,8 +24,16 @@ pub struct KolterWong {
 pub trait Classifier {
     /// Logits plus the bound below the last layer (L_sub) and of the whole network (L).
     fn forward(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<Output>;
-    /// The last linear layer's weight `(classes, features)`, for Prop. 2.
-    fn last_weight(&self) -> &Tensor;
+    /// The last linear layer's weight `(classes, features)`, for Prop. 2; `None` when the network does
+    /// not end in a linear layer (then only Prop. 1 applies).
+    fn last_weight(&self) -> Option<&Tensor>;
+    /// The same network as a [`crate::Graph`] of its layers (for ONNX export), sharing their weights.
+    fn to_graph(&self) -> Result<crate::Graph> {
+        Err(crate::config(
+            "graph",
+            "this model has no graph description",
+        ))
+    }
     /// State that is not trained but must be checkpointed (BN running statistics), by name.
     fn buffers(&self) -> Vec<(String, candle_core::Var)> {
         Vec::new()
@@ -121,7 +129,21 @@ impl Classifier for KolterWong {
     }
 
     /// The last layer's weight `(10, 100)`, whose rows enter Prop. 2.
-    fn last_weight(&self) -> &Tensor {
-        self.fc2.weight()
+    fn last_weight(&self) -> Option<&Tensor> {
+        Some(self.fc2.weight())
+    }
+
+    fn to_graph(&self) -> Result<Graph> {
+        let mut g = Graph::new(vec![1, 28, 28])?;
+        let relu = Op::Activation(Act::Relu);
+        let v = g.push("conv1", Op::Conv(self.conv1.clone()), vec![0])?;
+        let v = g.push("relu1", relu.clone(), vec![v])?;
+        let v = g.push("conv2", Op::Conv(self.conv2.clone()), vec![v])?;
+        let v = g.push("relu2", relu.clone(), vec![v])?;
+        let v = g.push("flatten", Op::Reshape(vec![32 * 7 * 7]), vec![v])?;
+        let v = g.push("fc1", Op::Linear(self.fc1.clone()), vec![v])?;
+        let v = g.push("relu3", relu, vec![v])?;
+        g.push("fc2", Op::Linear(self.fc2.clone()), vec![v])?;
+        g.finish()
     }
 }

@@ -24,15 +24,16 @@
 
 pub use batch_norm::BatchNorm2d;
 pub use channel::{add_channel_bias, channel_sum, mul_channel};
-pub use conv::{conv_certified, ConvBn, ConvCfg, LipConv2d};
+pub use conv::{conv_certified, grouped_certified, ConvBn, ConvCfg, LipConv2d};
 pub(crate) use error::config;
 pub use error::{ModelError, Result};
+pub use graph::{Act, Graph, Node, Op};
 pub use im2col::conv2d;
 pub use init::{param, Init};
 pub use kolter_wong::{Classifier, KolterWong, Output};
 pub use linear::LipLinear;
 pub use lip::{CertifyMethod, Ctx, Lip, LipModule};
-pub use pool::{Pool2d, PoolKind};
+pub use pool::{Pool2d, PoolCfg, PoolKind};
 pub use residual::{concat, residual_add};
 pub use simple::{Dropout, Flatten, Relu};
 pub use wide_resnet::{WideResNet, WideResNetCfg};
@@ -42,6 +43,7 @@ mod channel;
 mod conv;
 mod cpu;
 mod error;
+mod graph;
 mod im2col;
 mod init;
 mod kolter_wong;

@@ -43,6 +43,11 @@ impl LipLinear {
         &self.weight
     }
 
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// The certified bound of this layer alone.
     pub fn certified(&self, method: CertifyMethod) -> Result<CertifiedBound> {
         let (out, inp) = self.weight.dims2()?;

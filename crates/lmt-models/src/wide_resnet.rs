@@ -17,8 +17,8 @@ use crate::init::{param, Init};
 use crate::kolter_wong::{Classifier, Output};
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::{
-    config, forward_seq, residual_add, BatchNorm2d, ConvBn, ConvCfg, Dropout, Flatten, LipConv2d,
-    LipLinear, Pool2d, PoolKind, Relu, Result,
+    config, forward_seq, residual_add, Act, BatchNorm2d, ConvBn, ConvCfg, Dropout, Flatten, Graph,
+    LipConv2d, LipLinear, Op, Pool2d, PoolKind, Relu, Result,
 };
 
 /// Shape of a WideResNet.
@@ -264,8 +264,48 @@ impl Classifier for WideResNet {
         Ok(Output { logits, l_sub, l })
     }
 
-    fn last_weight(&self) -> &Tensor {
-        self.fc.weight()
+    fn last_weight(&self) -> Option<&Tensor> {
+        Some(self.fc.weight())
+    }
+
+    /// The same recursion as `forward`, as graph nodes (dropout, the identity at inference, is left out).
+    fn to_graph(&self) -> Result<Graph> {
+        let mut g = Graph::new(vec![3, 32, 32])?;
+        let relu = || Op::Activation(Act::Relu);
+        let mut a = g.push("stem", Op::ConvBn(self.stem.clone()), vec![0])?;
+        let mut raw: Option<usize> = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let name = |part: &str| format!("block{i}.{part}");
+            let b = g.push(name("convbn1"), Op::ConvBn(block.convbn1.clone()), vec![a])?;
+            let b = g.push(name("relu1"), relu(), vec![b])?;
+            let mut branch = g.push(name("conv2"), Op::Conv(block.conv2.clone()), vec![b])?;
+            let mut shortcut = match &block.shortcut {
+                Shortcut::Identity => raw.ok_or_else(|| {
+                    config("wide resnet", "identity shortcut without a residual stream")
+                })?,
+                Shortcut::Conv(c) => g.push(name("shortcut"), Op::Conv(c.clone()), vec![a])?,
+                Shortcut::PoolConv(p, c) => {
+                    let v = g.push(name("shortcut.pool"), Op::Pool(*p), vec![a])?;
+                    g.push(name("shortcut"), Op::Conv(c.clone()), vec![v])?
+                }
+            };
+            if let Some(alpha) = &block.alpha {
+                let weight = |k: usize| -> Result<Tensor> {
+                    Ok(alpha.get(k)?.detach().reshape((1, 1, 1, 1))?.copy()?)
+                };
+                branch = g.push(name("alpha0"), Op::Scale(weight(0)?), vec![branch])?;
+                shortcut = g.push(name("alpha1"), Op::Scale(weight(1)?), vec![shortcut])?;
+            }
+            let x = g.push(name("add"), Op::Add, vec![branch, shortcut])?;
+            let v = g.push(name("bn_out"), Op::BatchNorm(block.bn.clone()), vec![x])?;
+            a = g.push(name("relu_out"), relu(), vec![v])?;
+            raw = Some(x);
+        }
+        let v = g.push("pool", Op::Pool(self.pool), vec![a])?;
+        let c = g.shape(v)[0];
+        let v = g.push("flatten", Op::Reshape(vec![c]), vec![v])?;
+        g.push("fc", Op::Linear(self.fc.clone()), vec![v])?;
+        g.finish()
     }
 
     fn buffers(&self) -> Vec<(String, Var)> {

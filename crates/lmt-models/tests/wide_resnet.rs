@@ -108,7 +108,7 @@ fn an_lmt_training_step_reaches_every_parameter() {
         // Uncapped (Alg. 1): at initialisation every sample may be misclassified, and capping would then
         // add nothing, leaving the power vectors without a gradient (which refresh() correctly skips).
         let loss = cross_entropy(
-            &lmt_logits_prop2(&out.logits, &y, &c_l, net.last_weight(), false).unwrap(),
+            &lmt_logits_prop2(&out.logits, &y, &c_l, net.last_weight().unwrap(), false).unwrap(),
             &y,
         )
         .unwrap();

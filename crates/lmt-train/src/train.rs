@@ -152,6 +152,20 @@ pub fn train(
             detail: "`adversarial` needs an attack: run it through `experiments train`, or pass RunOptions::adversary".into(),
         });
     }
+    let needs_last = matches!(
+        cfg.method,
+        Method::Parseval { .. } | Method::Lmt { proposition: 2, .. }
+    );
+    let last_weight = match model.last_weight() {
+        Some(w) => w.clone(),
+        None if needs_last => {
+            return Err(TrainError::Config {
+                key: "method".into(),
+                detail: "Parseval and Prop. 2 need a model that ends in a linear layer; this one does not (use proposition: 1)".into(),
+            })
+        }
+        None => Tensor::zeros(1, DType::F32, &device)?,
+    };
     std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
         path: out.to_path_buf(),
         source,
@@ -162,7 +176,7 @@ pub fn train(
     let mut opt = Optimizer::new(cfg.optimizer.clone(), params)?;
     if matches!(cfg.method, Method::Parseval { .. }) {
         // The authors' ParsevalWeightDecay hook: decay on the last layer's weight and bias only.
-        let last = model.last_weight().id();
+        let last = last_weight.id();
         let last_name = opt
             .params()
             .iter()
@@ -287,7 +301,7 @@ pub fn train(
                         .clone();
                     estimate = c_l.to_dtype(DType::F64)?.to_scalar::<f64>()? / c;
                     let z = if *proposition == 2 {
-                        lmt_logits_prop2(&out.logits, &y, &c_l, model.last_weight(), *capped)?
+                        lmt_logits_prop2(&out.logits, &y, &c_l, &last_weight, *capped)?
                     } else {
                         lmt_logits_prop1(&out.logits, &y, &c_l, *capped)?
                     };
@@ -317,7 +331,7 @@ pub fn train(
             }
             opt.step(&grads, lr, cfg.weight_decay)?;
             if let Method::Parseval { beta } = &cfg.method {
-                parseval_step(opt.params(), model.last_weight(), *beta)?;
+                parseval_step(opt.params(), &last_weight, *beta)?;
             }
             vectors.refresh(&grads)?;
             loss_sum += loss_value * idx.len() as f64;
