@@ -521,8 +521,11 @@ impl Importer<'_> {
             Some(name) => self.vals.get(name).map(Some).ok_or_else(|| {
                 self.unsupported(
                     n,
-                    format!("input `{name}` is not computed by any earlier node"),
-                    "a topologically sorted graph",
+                    format!(
+                        "input `{name}` is neither an initializer, the graph input nor the output of \
+                         an earlier node (a missing initializer?)"
+                    ),
+                    "every input defined, nodes in topological order",
                 )
             }),
         }
