@@ -26,6 +26,7 @@ WORKLOADS = [
     "kw_certified_bound_dense",
     "wrn_certified_bound_auto",
     "kw_certify_10000",
+    "kw_onnx_certify_10000",
 ]
 
 

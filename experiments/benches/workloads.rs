@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const ALL: [&str; 12] = [
+const ALL: [&str; 13] = [
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
     "kw_at_cw30_step_b50",
@@ -31,6 +31,7 @@ const ALL: [&str; 12] = [
     "kw_certified_bound_dense",
     "wrn_certified_bound_auto",
     "kw_certify_10000",
+    "kw_onnx_certify_10000",
 ];
 
 fn params(vm: &VarMap) -> Vec<(String, Var)> {
@@ -209,9 +210,16 @@ fn run(name: &str) -> Res<f64> {
                 Ok(())
             })
         }
-        "kw_certify_10000" => {
-            // Logits of 10,000 inputs in batches of 1000 and their Prop. 2 radii (bound given).
-            let model = KolterWong::new(&vm, 0, &dev)?;
+        "kw_certify_10000" | "kw_onnx_certify_10000" => {
+            // Logits of 10,000 inputs in batches of 1000 and their Prop. 2 radii (bound given); the
+            // ONNX row runs the same network written to ONNX and imported, as a user's model would be.
+            let built = KolterWong::new(&vm, 0, &dev)?;
+            let model: Box<dyn Classifier> = if name == "kw_onnx_certify_10000" {
+                let bytes = lmt_onnx::export(&built.to_graph()?, "kw")?;
+                Box::new(lmt_onnx::import(&bytes, "kw.onnx", None)?.graph)
+            } else {
+                Box::new(built)
+            };
             let last = model.last_weight().ok_or("no last layer")?;
             let w: Vec<f64> = last.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
             let (classes, dim) = last.dims2()?;

@@ -1,155 +1,151 @@
-//! `experiments certify`: certified radius of every test input for a trained checkpoint.
+//! `experiments certify`: the certified radius of every test input of a checkpoint or an ONNX model.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use lmt_analysis::write_atomic;
-use lmt_core::{certify_prop1, certify_prop2, Certificate, CertifiedBound, PowerConfig};
-use lmt_models::{CertifyMethod, Ctx, Lip};
-use lmt_train::batch_tensors;
+use lmt_core::{PowerConfig, Proposition};
+use lmt_eval::{CertifyConfig, CertifySummary};
+use lmt_models::CertifyMethod;
 
-use crate::run::{load_data, load_trained, manifest};
+use crate::subject::{ModelArgs, Subject};
 use crate::DataArgs;
-use lmt_analysis::stats::median;
+
+/// How linear layers are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodName {
+    /// `dense` where the operator fits the size limit, else `fft` (convolutions) or `power`.
+    Auto,
+    /// The exact operator norm.
+    Dense,
+    /// Power iteration with the Thm. 2 correction (probabilistic).
+    Power,
+    /// The deterministic circular-embedding bound.
+    Fft,
+    /// Cor. 1 (Fig. 3 comparison).
+    Cor1,
+    /// Cisse et al. (Fig. 3 comparison).
+    Cisse,
+    /// Peck et al., reconstructed (Fig. 3 comparison).
+    Peck,
+}
+
+impl MethodName {
+    fn method(self) -> CertifyMethod {
+        match self {
+            MethodName::Auto => CertifyMethod::Auto,
+            MethodName::Dense => CertifyMethod::Dense,
+            MethodName::Power => CertifyMethod::Power(PowerConfig::default()),
+            MethodName::Fft => CertifyMethod::Fft,
+            MethodName::Cor1 => CertifyMethod::Cor1,
+            MethodName::Cisse => CertifyMethod::Cisse,
+            MethodName::Peck => CertifyMethod::Peck,
+        }
+    }
+}
 
 /// Flags of `certify`.
 #[derive(Debug, clap::Args)]
 pub struct CertifyArgs {
-    /// The checkpoint.safetensors written by `train` (its config.yaml must sit beside it).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Output directory for certificates.csv, summary and manifest (default: the checkpoint's directory).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output directory for certificates.csv, summary and manifest (default: the checkpoint's
+    /// directory, or results/onnx/<model name> for an ONNX model).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Bound method: auto (dense where it fits), dense, power, fft, cor1, cisse, peck.
-    #[arg(long, default_value = "auto")]
-    pub method: String,
-    /// 2 (per class pair, the paper's) or 1 (whole network).
-    #[arg(long, default_value_t = 2)]
-    pub proposition: u8,
+    /// How linear layers are bounded.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub method: MethodName,
+    /// 2 (per class pair, the paper's; needs a last linear layer) or 1 (whole network); default: 2
+    /// where the network ends in a linear layer, else 1.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub proposition: Option<u8>,
     /// Certify only the first N test images.
-    #[arg(long)]
-    pub test_subset: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub test_subset: Option<u64>,
     #[command(flatten)]
     pub data: DataArgs,
-}
-
-fn method(name: &str) -> Result<CertifyMethod> {
-    Ok(match name {
-        "auto" => CertifyMethod::Auto,
-        "dense" => CertifyMethod::Dense,
-        "power" => CertifyMethod::Power(PowerConfig::default()),
-        "fft" => CertifyMethod::Fft,
-        "cor1" => CertifyMethod::Cor1,
-        "cisse" => CertifyMethod::Cisse,
-        "peck" => CertifyMethod::Peck,
-        other => bail!("--method {other}: use one of auto, dense, power, fft, cor1, cisse, peck"),
-    })
 }
 
 /// Writes `certificates.csv` (index, label, prediction, margin, radius, proposition, bound_method) and
 /// `certify_summary.txt`, and prints the summary.
 pub fn run(args: &CertifyArgs) -> Result<()> {
     let started = Instant::now();
-    let trained = load_trained(&args.checkpoint)?;
-    let (cfg, built, dir) = (&trained.config, &trained.built, trained.dir.clone());
-    let m = method(&args.method)?;
-    let dev = Device::Cpu;
-
-    let data = load_data(&cfg.dataset, &args.data)?;
-    let t_bound = Instant::now();
-    let [c, h, w] = data.test.image_shape();
-    let x0 = Tensor::zeros((1, c, h, w), DType::F32, &dev)?;
-    let out = built
-        .model
-        .forward(&x0, Lip::Certified(CertifiedBound::one()), &Ctx::eval(m))?;
-    let (l_sub, l) = (
-        out.l_sub
-            .certified()
-            .context("the model returned no certified bound")?,
-        out.l
-            .certified()
-            .context("the model returned no certified bound")?,
-    );
-    let bound_seconds = t_bound.elapsed().as_secs_f64();
-
+    let s = Subject::load(&args.model, &args.data)?;
     let n = args
         .test_subset
-        .unwrap_or(data.test.len())
-        .min(data.test.len());
-    let last = built
-        .model
-        .last_weight()
-        .context("the model has no last linear layer")?;
-    let w: Vec<f64> = last.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-    let (classes, dim) = last.dims2()?;
-    let mut certs: Vec<Certificate> = Vec::with_capacity(n);
-    for start in (0..n).step_by(1000) {
-        let idx: Vec<usize> = (start..(start + 1000).min(n)).collect();
-        let (x, _) = batch_tensors(&data.test, &idx, &dev)?;
-        let z: Vec<f32> = built
-            .model
-            .forward(&x, Lip::None, &Ctx::eval(m))?
-            .logits
-            .flatten_all()?
-            .to_vec1()?;
-        let labels: Vec<usize> = idx.iter().map(|&i| data.test.labels[i] as usize).collect();
-        certs.extend(match args.proposition {
-            1 => certify_prop1(&z, classes, &labels, &l)?,
-            2 => certify_prop2(&z, classes, &labels, &l_sub, &w, dim)?,
-            p => bail!("--proposition {p}: use 1 or 2"),
-        });
+        .map_or(s.data.test.len(), |k| k as usize)
+        .min(s.data.test.len());
+    if n == 0 {
+        bail!("{}: the test set is empty", s.data.name);
     }
-    let out_dir = args.out.clone().unwrap_or(dir);
-    let mut csv = String::from("index,label,prediction,margin,radius,proposition,bound_method\n");
-    for (i, c) in certs.iter().enumerate() {
-        let pred = c.prediction.map(|p| p.to_string()).unwrap_or_default();
-        csv.push_str(&format!(
-            "{i},{},{pred},{},{},{},{}\n",
-            c.label,
-            c.margin,
-            c.radius,
-            c.proposition.name(),
-            c.method
-        ));
-    }
-    write_atomic(&out_dir.join("certificates.csv"), csv.as_bytes())?;
-
-    let radii: Vec<f64> = certs.iter().map(|c| c.radius).collect();
-    let median = median(&radii);
-    let acc = certs
-        .iter()
-        .filter(|c| c.prediction == Some(c.label))
-        .count() as f64
-        / n as f64;
-    let mut summary = format!(
-        "model {} ({} profile{}), checkpoint {}\n{n} {} test images; proposition {}; bound method {}\n\
-         certified upper bounds: L_sub = {:.6} ({}), L = {:.6} ({}), computed in {bound_seconds:.1} s\n\
-         clean accuracy {acc:.4}\nmedian certified radius (misclassified count as 0): {median:.6}\n",
-        cfg.name, trained.profile, if trained.reduced { ", REDUCED budget" } else { "" }, args.checkpoint.display(),
-        data.name, args.proposition, l_sub.method(), l_sub.value(), l_sub.method(), l.value(), l.method()
+    let out_dir = args.out.clone().unwrap_or_else(|| s.dir.clone());
+    crate::run::check_writable(&out_dir)?;
+    let cfg = CertifyConfig {
+        method: args.method.method(),
+        proposition: args.proposition.map(|p| {
+            if p == 1 {
+                Proposition::One
+            } else {
+                Proposition::Two
+            }
+        }),
+        ..CertifyConfig::default()
+    };
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("certify [{bar:30}] {pos}/{len} ({eta})")
+            .expect("valid template"),
     );
-    for eps in [0.1, 0.3, 0.5, 1.0] {
-        let k = certs.iter().filter(|c| c.certified_at(eps)).count();
-        summary.push_str(&format!(
-            "certified accuracy at L2 radius {eps}: {:.4}\n",
-            k as f64 / n as f64
-        ));
-    }
+    let indices: Vec<usize> = (0..n).collect();
+    let c = lmt_eval::certify(s.model.as_ref(), &s.data.test, &indices, &cfg, &mut |d| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    write_atomic(
+        &out_dir.join("certificates.csv"),
+        &lmt_eval::to_csv(&c.rows)?,
+    )?;
+
+    let bounds = match c.l_sub {
+        Some(l_sub) => format!(
+            "L_sub = {:.6} ({}), L = {:.6} ({})",
+            l_sub.value(),
+            l_sub.method(),
+            c.l.value(),
+            c.l.method()
+        ),
+        None => format!("L = {:.6} ({})", c.l.value(), c.l.method()),
+    };
+    let summary = format!(
+        "model {} ({} profile{}), {}\n{n} {} test images; proposition {} ({}); bound method {}\n\
+         certified upper bounds: {bounds}, computed in {:.1} s\n{}",
+        s.name,
+        s.profile,
+        s.reduced_tag(),
+        args.model
+            .checkpoint
+            .as_ref()
+            .or(args.model.onnx.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        s.data.name,
+        c.proposition.name().trim_start_matches("prop"),
+        c.why,
+        c.l.method(),
+        c.bound_seconds,
+        CertifySummary::of(&c.rows),
+    );
     print!("{summary}");
     write_atomic(&out_dir.join("certify_summary.txt"), summary.as_bytes())?;
-    let reduced = trained.reduced || n < data.test.len();
-    let wall = started.elapsed().as_secs_f64();
-    manifest(
-        format!("certify {}", cfg.name),
-        &trained.profile,
+    let reduced = s.reduced || n < s.data.test.len();
+    s.manifest(
+        format!("certify {}", s.name),
         reduced,
-        trained.config_text.clone(),
-        cfg.seed,
-        &data,
-        wall,
+        s.seed,
+        started.elapsed().as_secs_f64(),
     )
     .write(&out_dir.join("certify_manifest.json"))?;
     Ok(())

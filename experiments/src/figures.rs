@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use lmt_analysis::plot::{self, BarChart, GreyImage, LineChart, Series};
-use lmt_analysis::stats::{ecdf, linspace, margin_radius, median, median_ratio};
 use lmt_analysis::Table;
-use lmt_attacks::{deepfool, local_lipschitz_lower, DeepFoolConfig, PairMatrix};
 use lmt_core::{norms, CertifiedBound, ConvGeometry, PowerConfig};
 use lmt_data::Dataset;
-use lmt_train::batch_tensors;
+use lmt_eval::metrics::{accuracy_under_attack, certified_accuracy, ecdf, linspace};
+use lmt_eval::tightness::{lower_radii, perturb_by_radius, Inequality};
+use lmt_eval::{AttackRow, CertificateRow};
 
 use crate::pipeline::{ensure_attacked, ensure_certified, ensure_trained, AnalysisArgs, Budget};
 use crate::run::{load_data, load_trained, manifest};
@@ -187,20 +187,19 @@ pub fn fig3(a: &AnalysisArgs) -> Result<()> {
     )
 }
 
-/// Per point of one model: (A) certified radius, (B) margin / global lower bound, (C) margin / local
-/// lower bound, (D) DeepFool distance and the smallest over all attacks run.
-struct Inequality {
-    a: Vec<f64>,
-    b: Vec<f64>,
-    c: Vec<f64>,
-    d: Vec<f64>,
-    d_worst: Vec<f64>,
-    labels: Vec<usize>,
+/// The certified radii of `certificates.csv` in `dir` (the first `n` rows, or all).
+pub fn read_radii(dir: &Path, n: Option<usize>) -> Result<Vec<f64>> {
+    let rows: Vec<CertificateRow> = lmt_eval::read_csv_file(&dir.join("certificates.csv"))?;
+    Ok(rows
+        .iter()
+        .take(n.unwrap_or(usize::MAX))
+        .map(|r| r.radius)
+        .collect())
 }
 
-/// Distances of `attack_<label>.csv`, failures as infinity; `None` when the file is absent or older
-/// than the run's checkpoint (an attack on an earlier model).
-fn attack_distances(dir: &Path, label: &str, n: usize) -> Result<Option<Vec<f64>>> {
+/// Distances of `attack_<label>.csv` (`None`: no adversarial found); `None` when the file is absent or
+/// older than the run's checkpoint (an attack on an earlier model).
+pub fn attack_distances(dir: &Path, label: &str) -> Result<Option<Vec<Option<f64>>>> {
     let p = dir.join(format!("attack_{label}.csv"));
     if !p.is_file() {
         return Ok(None);
@@ -209,19 +208,43 @@ fn attack_distances(dir: &Path, label: &str, n: usize) -> Result<Option<Vec<f64>
         eprintln!("{}: older than the checkpoint, not used", p.display());
         return Ok(None);
     }
-    let t = Table::read(&p)?;
-    let d: Vec<f64> = t
-        .numbers("distance", &p)?
-        .into_iter()
-        .map(|d| d.unwrap_or(f64::INFINITY))
-        .collect();
-    if d.len() < n {
-        bail!("{} has {} rows, need {n}", p.display(), d.len());
-    }
-    Ok(Some(d[..n].to_vec()))
+    let rows: Vec<AttackRow> = lmt_eval::read_csv_file(&p)?;
+    Ok(Some(rows.iter().map(|r| r.distance).collect()))
 }
 
-fn inequality(a: &AnalysisArgs, budget: &Budget, config: &str) -> Result<(Inequality, bool)> {
+/// Per point, the smallest distance over the attacks of `labels` that ran on it (attacks may cover
+/// different prefixes of the test set, so a short C&W run does not truncate a full DeepFool run).
+pub fn worst_distances(dir: &Path, labels: &[&str]) -> Result<Option<Vec<Option<f64>>>> {
+    let mut worst: Option<Vec<Option<f64>>> = None;
+    for label in labels {
+        let Some(d) = attack_distances(dir, label)? else {
+            continue;
+        };
+        worst = Some(match worst {
+            None => d,
+            Some(w) => (0..w.len().max(d.len()))
+                .map(|i| {
+                    let (a, b) = (w.get(i).copied().flatten(), d.get(i).copied().flatten());
+                    match (a, b) {
+                        (Some(x), Some(y)) => Some(x.min(y)),
+                        (x, y) => x.or(y),
+                    }
+                })
+                .collect(),
+        });
+    }
+    Ok(worst)
+}
+
+fn infinite_on_failure(d: &[Option<f64>]) -> Vec<f64> {
+    d.iter().map(|d| d.unwrap_or(f64::INFINITY)).collect()
+}
+
+fn inequality(
+    a: &AnalysisArgs,
+    budget: &Budget,
+    config: &str,
+) -> Result<(Inequality, Vec<usize>, bool)> {
     let ckpt = ensure_trained(a, config)?;
     ensure_certified(a, &ckpt, None)?;
     let n = budget.fig4_points;
@@ -231,67 +254,43 @@ fn inequality(a: &AnalysisArgs, budget: &Budget, config: &str) -> Result<(Inequa
     let data = load_data(&trained.config.dataset, &a.data)?;
     let n = n.min(data.test.len());
     let dir = ckpt.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let cert_path = dir.join("certificates.csv");
-    let certs = Table::read(&cert_path)?;
-    let a_vals: Vec<f64> = certs
-        .numbers("radius", &cert_path)?
-        .into_iter()
-        .take(n)
-        .map(|r| r.unwrap_or(0.0))
-        .collect();
-    let d = attack_distances(&dir, "deepfool", n)?.context("DeepFool results missing")?;
-    let mut d_worst = d.clone();
-    for other in ["deepfool_clip", "cw", "pgd"] {
-        if let Ok(Some(o)) = attack_distances(&dir, other, n) {
-            for (w, v) in d_worst.iter_mut().zip(o) {
-                *w = w.min(v);
-            }
-        }
+    let a_vals = read_radii(&dir, Some(n))?;
+    let d = attack_distances(&dir, "deepfool")?.context("DeepFool results missing")?;
+    let worst = worst_distances(&dir, &["deepfool", "deepfool_clip", "cw", "pgd"])?
+        .unwrap_or_else(|| d.clone());
+    if d.len() < n || worst.len() < n {
+        bail!(
+            "{}: DeepFool covers {} points, need {n}",
+            dir.display(),
+            d.len()
+        );
     }
     // (B) and (C) by the authors' batch procedure: batches of 50 in test order.
-    let model = trained.built.model.as_ref();
-    let f = |x: &Tensor| model.eval_logits(x);
-    let k = 10;
-    let bar = ProgressBar::new(n as u64);
+    let lower_n = a.lower_points.unwrap_or(n).min(n);
+    let bar = ProgressBar::new(lower_n as u64);
     bar.set_style(
         ProgressStyle::with_template(&format!(
             "{config}: gradient lower bounds [{{bar:30}}] {{pos}}/{{len}} ({{eta}})"
         ))
         .expect("valid template"),
     );
-    let (mut logits, mut labels, mut c_vals) = (Vec::new(), Vec::new(), Vec::new());
-    let mut global = PairMatrix::zeros(k);
-    let lower_n = a.lower_points.unwrap_or(n).min(n);
-    bar.set_length(lower_n as u64);
-    for (bi, start) in (0..lower_n).step_by(50).enumerate() {
-        let idx: Vec<usize> = (start..(start + 50).min(lower_n)).collect();
-        let (x, _) = batch_tensors(&data.test, &idx, &Device::Cpu)?;
-        let l: Vec<usize> = idx.iter().map(|&i| data.test.labels[i] as usize).collect();
-        let z: Vec<f32> = f(&x)?.flatten_all()?.to_vec1()?;
-        let g = local_lipschitz_lower(&f, &x, k, budget.draws, bi as u64)?;
-        c_vals.extend(margin_radius(&z, k, &l, |t, i| g.get(t, i)));
-        global.max_with(&g);
-        logits.extend(z);
-        labels.extend(l);
-        bar.set_position((start + idx.len()) as u64);
-    }
+    let indices: Vec<usize> = (0..lower_n).collect();
+    let lower = lower_radii(
+        trained.built.model.as_ref(),
+        &data.test,
+        &indices,
+        budget.draws,
+        &mut |k| bar.set_position(k as u64),
+    )?;
     bar.finish_and_clear();
-    let mut b_vals = margin_radius(&logits, k, &labels, |t, i| global.get(t, i));
-    // Points beyond `lower_n` have no (B), (C): NaN, left out of medians, ratios and curves.
-    b_vals.resize(n, f64::NAN);
-    c_vals.resize(n, f64::NAN);
-    labels = (0..n).map(|i| data.test.labels[i] as usize).collect();
-    Ok((
-        Inequality {
-            a: a_vals,
-            b: b_vals,
-            c: c_vals,
-            d,
-            d_worst,
-            labels,
-        },
-        trained.reduced,
-    ))
+    let q = Inequality::new(
+        a_vals,
+        lower,
+        infinite_on_failure(&d[..n]),
+        infinite_on_failure(&worst[..n]),
+    )?;
+    let labels = (0..n).map(|i| data.test.labels[i] as usize).collect();
+    Ok((q, labels, trained.reduced))
 }
 
 /// Figure 4 and the error ratios of inequality (5) for the naive, AT and LMT MNIST models.
@@ -322,21 +321,14 @@ pub fn fig4(a: &AnalysisArgs) -> Result<()> {
         .iter()
         .filter(|(l, _)| a.models.is_empty() || a.models.iter().any(|m| m.eq_ignore_ascii_case(l)));
     for &(label, config) in chosen {
-        let (q, r) = inequality(a, &budget, config)?;
+        let (q, labels, r) = inequality(a, &budget, config)?;
         reduced |= r;
         let tag = budget_label(&a.profile, reduced);
         let n = q.a.len();
         let lower_n = q.b.iter().filter(|v| !v.is_nan()).count();
         // The authors assert A <= B <= C and A <= D per point; A > B or A > D would mean a bound or the
         // certifier is wrong (B <= C holds by construction).
-        let tol = 1e-6;
-        let violations = (0..n)
-            .filter(|&i| {
-                q.a[i] > q.b[i] * (1.0 + tol) + 1e-12
-                    || q.b[i] > q.c[i] * (1.0 + tol) + 1e-12
-                    || q.a[i] > q.d_worst[i]
-            })
-            .count();
+        let violations = q.violations().len();
         if violations > 0 {
             problems.push(format!(
                 "{label}: {violations} points violate A <= B <= C, A <= D"
@@ -352,10 +344,10 @@ pub fn fig4(a: &AnalysisArgs) -> Result<()> {
             "D_worst_attack",
             "budget",
         ]);
-        for i in 0..n {
+        for (i, label) in labels.iter().enumerate() {
             t.push(vec![
                 i.to_string(),
-                q.labels[i].to_string(),
+                label.to_string(),
                 q.a[i].to_string(),
                 q.b[i].to_string(),
                 q.c[i].to_string(),
@@ -369,26 +361,21 @@ pub fn fig4(a: &AnalysisArgs) -> Result<()> {
                 .join(&a.profile)
                 .join(format!("fig4_{}.csv", label.to_lowercase())),
         )?;
-        let (r1, _) = median_ratio(&q.b, &q.a);
-        let (r2, _) = median_ratio(&q.c, &q.b);
-        let (r3, _) = median_ratio(&q.d, &q.c);
-        let (rda, _) = median_ratio(&q.d, &q.a);
-        summary.push(vec![
-            label.into(),
-            n.to_string(),
-            median(&q.a).to_string(),
-            median(&q.b).to_string(),
-            median(&q.c).to_string(),
-            median(&q.d).to_string(),
-            median(&q.d_worst).to_string(),
-            r1.to_string(),
-            r2.to_string(),
-            r3.to_string(),
-            rda.to_string(),
-            violations.to_string(),
-            lower_n.to_string(),
-            tag.clone(),
-        ]);
+        let ratios = q.ratios();
+        let mut row = vec![label.to_string(), n.to_string()];
+        row.extend(q.medians().iter().map(f64::to_string));
+        row.extend(
+            [
+                ratios.b_over_a,
+                ratios.c_over_b,
+                ratios.d_over_c,
+                ratios.d_over_a,
+            ]
+            .iter()
+            .map(f64::to_string),
+        );
+        row.extend([violations.to_string(), lower_n.to_string(), tag.clone()]);
+        summary.push(row);
         let curve = |name: &str, v: &[f64], color: usize, dashed: bool| {
             let v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
             Series {
@@ -445,61 +432,17 @@ pub fn fig5(a: &AnalysisArgs) -> Result<()> {
     ensure_certified(a, &ckpt, None)?;
     let trained = load_trained(&ckpt)?;
     let data = load_data("mnist", &a.data)?;
-    let cert_path = ckpt.with_file_name("certificates.csv");
-    let certs = Table::read(&cert_path)?;
-    let radii = certs.numbers("radius", &cert_path)?;
+    let radii = read_radii(ckpt.parent().unwrap_or(Path::new(".")), None)?;
     let pool = 1000.min(radii.len());
     // The 8 largest certified radii among the first 1000 test images (ties by index).
-    let mut order: Vec<usize> = (0..pool)
-        .filter(|&i| radii[i].unwrap_or(0.0) > 0.0)
-        .collect();
-    order.sort_by(|&i, &j| {
-        radii[j]
-            .unwrap_or(0.0)
-            .total_cmp(&radii[i].unwrap_or(0.0))
-            .then(i.cmp(&j))
-    });
+    let mut order: Vec<usize> = (0..pool).filter(|&i| radii[i] > 0.0).collect();
+    order.sort_by(|&i, &j| radii[j].total_cmp(&radii[i]).then(i.cmp(&j)));
     order.truncate(8);
     if order.is_empty() {
         bail!("the LMT model certifies none of the first {pool} test images; train it longer");
     }
-    let (x, _) = batch_tensors(&data.test, &order, &Device::Cpu)?;
-    let labels: Vec<usize> = order
-        .iter()
-        .map(|&i| data.test.labels[i] as usize)
-        .collect();
-    let model = trained.built.model.as_ref();
-    let f = |x: &Tensor| model.eval_logits(x);
-    let adv = deepfool(&f, &x, &labels, &DeepFoolConfig::default())?;
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let advs: Vec<f32> = adv.images.flatten_all()?.to_vec1()?;
-    let n = 784;
-    let mut perturbed = Vec::with_capacity(xs.len());
-    let mut directions = Vec::new();
-    for (j, &i) in order.iter().enumerate() {
-        let r = radii[i].unwrap_or(0.0);
-        let mut delta: Vec<f64> = (0..n)
-            .map(|p| advs[j * n + p] as f64 - xs[j * n + p] as f64)
-            .collect();
-        let mut kind = "DeepFool direction";
-        if !adv.per_input[j].success || delta.iter().all(|v| *v == 0.0) {
-            // No adversarial found: a fixed pseudo-random direction instead.
-            let mut rng = lmt_core::named_rng(0, &format!("fig5-{i}"));
-            use rand_distr::Distribution;
-            delta = (0..n)
-                .map(|_| rand_distr::StandardNormal.sample(&mut rng))
-                .collect();
-            kind = "random direction";
-        }
-        let norm = delta.iter().map(|v| v * v).sum::<f64>().sqrt();
-        // 1 - 1e-6 of the radius, so that rounding each pixel to f32 cannot push the norm past it (the
-        // certificate covers norms strictly below the radius).
-        let scale = r * (1.0 - 1e-6) / norm;
-        perturbed.extend((0..n).map(|p| (xs[j * n + p] as f64 + delta[p] * scale) as f32));
-        directions.push(kind);
-    }
-    let xp = Tensor::from_vec(perturbed.clone(), x.dims(), &Device::Cpu)?;
-    let z: Vec<f32> = f(&xp)?.flatten_all()?.to_vec1()?;
+    let r: Vec<f64> = order.iter().map(|&i| radii[i]).collect();
+    let moved = perturb_by_radius(trained.built.model.as_ref(), &data.test, &order, &r)?;
     let mut t = Table::new(&[
         "index",
         "label",
@@ -513,53 +456,41 @@ pub fn fig5(a: &AnalysisArgs) -> Result<()> {
     ]);
     let mut images = Vec::new();
     let mut flipped = Vec::new();
-    for (j, &i) in order.iter().enumerate() {
-        let zi = &z[j * 10..(j + 1) * 10];
-        let t_ = labels[j];
-        let other = (0..10)
-            .filter(|&c| c != t_)
-            .map(|c| zi[c])
-            .fold(f32::NEG_INFINITY, f32::max);
-        let pred = (0..10)
-            .max_by(|&p, &q| zi[p].total_cmp(&zi[q]))
-            .unwrap_or(0);
-        let p_img = &perturbed[j * n..(j + 1) * n];
-        let pn = p_img
-            .iter()
-            .zip(&xs[j * n..(j + 1) * n])
-            .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        if zi[t_] <= other || pn >= radii[i].unwrap_or(0.0) {
-            flipped.push(i);
+    for p in &moved {
+        if !p.kept() {
+            flipped.push(p.index);
         }
-        let (lo, hi) = p_img
+        let (lo, hi) = p
+            .after
             .iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
                 (l.min(v), h.max(v))
             });
         t.push(vec![
-            i.to_string(),
-            t_.to_string(),
-            radii[i].unwrap_or(0.0).to_string(),
-            pn.to_string(),
-            directions[j].into(),
-            pred.to_string(),
-            (zi[t_] - other).to_string(),
+            p.index.to_string(),
+            p.label.to_string(),
+            p.radius.to_string(),
+            p.norm.to_string(),
+            p.direction.into(),
+            p.prediction.to_string(),
+            p.margin.to_string(),
             lo.to_string(),
             hi.to_string(),
         ]);
         images.push(GreyImage {
-            caption: format!("test #{i}, label {t_}, R = {:.3}", radii[i].unwrap_or(0.0)),
+            caption: format!("test #{}, label {}, R = {:.3}", p.index, p.label, p.radius),
             height: 28,
             width: 28,
-            pixels: xs[j * n..(j + 1) * n].to_vec(),
+            pixels: p.before.clone(),
         });
         images.push(GreyImage {
-            caption: format!("+ perturbation of norm {pn:.3}: class {pred}"),
+            caption: format!(
+                "+ perturbation of norm {:.3}: class {}",
+                p.norm, p.prediction
+            ),
             height: 28,
             width: 28,
-            pixels: p_img.to_vec(),
+            pixels: p.after.clone(),
         });
     }
     let reduced = trained.reduced;
@@ -613,49 +544,18 @@ pub fn curves(a: &AnalysisArgs) -> Result<()> {
                 cert_path.display()
             );
         }
-        let certs = Table::read(&cert_path)?;
-        let radii: Vec<f64> = certs
-            .numbers("radius", &cert_path)?
-            .into_iter()
-            .map(|r| r.unwrap_or(0.0))
-            .collect();
-        let mut worst: Option<Vec<f64>> = None;
-        for label in ["deepfool", "deepfool_clip", "cw", "pgd"] {
-            let p = dir.join(format!("attack_{label}.csv"));
-            if !p.is_file() || !crate::pipeline::current(&p) {
-                continue;
-            }
-            let tb = Table::read(&p)?;
-            let d: Vec<f64> = tb
-                .numbers("distance", &p)?
-                .into_iter()
-                .map(|d| d.unwrap_or(f64::INFINITY))
-                .collect();
-            // Attacks may cover different prefixes of the test set: each point takes the minimum over
-            // the attacks that ran on it, so a short C&W run does not truncate a full DeepFool run.
-            worst = Some(match worst {
-                None => d,
-                Some(w) => (0..w.len().max(d.len()))
-                    .map(|i| {
-                        let at = |v: &Vec<f64>| v.get(i).copied().unwrap_or(f64::INFINITY);
-                        at(&w).min(at(&d))
-                    })
-                    .collect(),
-            });
-        }
+        let radii = read_radii(&dir, None)?;
+        let worst = worst_distances(&dir, &["deepfool", "deepfool_clip", "cw", "pgd"])?;
         if let Ok(cfg) = std::fs::read_to_string(dir.join("config.yaml")) {
             reduced |= cfg.contains("reduced: true");
         }
         let cert_acc: Vec<f64> = grid
             .iter()
-            .map(|&e| {
-                // Prop. 1 guards perturbations strictly smaller than the radius.
-                radii.iter().filter(|&&r| r > e).count() as f64 / radii.len().max(1) as f64
-            })
+            .map(|&e| certified_accuracy(&radii, e).value())
             .collect();
         let att_acc: Option<Vec<f64>> = worst.as_ref().map(|w| {
             grid.iter()
-                .map(|&e| w.iter().filter(|&&d| d > e).count() as f64 / w.len().max(1) as f64)
+                .map(|&e| accuracy_under_attack(w, e).value())
                 .collect()
         });
         let points = worst.as_ref().map(|w| w.len()).unwrap_or(0);

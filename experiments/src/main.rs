@@ -9,11 +9,14 @@ use clap::{Parser, Subcommand};
 mod attack;
 mod certify;
 mod data_info;
+mod export;
 mod figures;
 mod pipeline;
 mod run;
+mod subject;
 mod summary;
 mod table1;
+mod tightness;
 mod train;
 
 /// Lipschitz-margin training and certification (Tsuzuku, Sato and Sugiyama, NeurIPS 2018) in Rust.
@@ -58,10 +61,16 @@ enum Command {
     },
     /// Train one paper config (experiments/configs/*.yaml) under a profile.
     Train(train::TrainArgs),
-    /// Certify every test input of a trained checkpoint (per-input CSV and a summary).
+    /// Certify every test input of a trained checkpoint or an ONNX model (per-input CSV and a summary).
     Certify(certify::CertifyArgs),
-    /// Attack every test input of a checkpoint (C&W, DeepFool or PGD) and check against its certificates.
+    /// Attack every test input of a checkpoint or ONNX model (C&W, DeepFool or PGD) and check the results
+    /// against its certificates.
     Attack(attack::AttackArgs),
+    /// Inequality (5) for one checkpoint or ONNX model: certified radius, empirical lower-bound radii and
+    /// DeepFool distance per test point.
+    Tightness(tightness::TightnessArgs),
+    /// Write a trained checkpoint as ONNX (read back and checked against the checkpoint).
+    Export(export::ExportArgs),
     /// Figure 3: per-layer bounds on conv2 of the naive and LMT MNIST models, and on pooling.
     Fig3(pipeline::AnalysisArgs),
     /// Figure 4: certified radius, gradient lower bounds and attack distances for naive, AT and LMT models.
@@ -121,6 +130,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Certify(args) => certify::run(&args),
         Command::Attack(args) => attack::run(&args),
+        Command::Tightness(args) => tightness::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Fig3(a) => figures::fig3(&a),
         Command::Fig4(a) => figures::fig4(&a),
         Command::Fig5(a) => figures::fig5(&a),

@@ -140,11 +140,11 @@ pub fn ensure_certified(a: &AnalysisArgs, ckpt: &Path, points: Option<usize>) ->
         }
     }
     crate::certify::run(&crate::certify::CertifyArgs {
-        checkpoint: ckpt.to_path_buf(),
+        model: crate::subject::ModelArgs::checkpoint(ckpt),
         out: None,
-        method: "auto".into(),
-        proposition: 2,
-        test_subset: points,
+        method: crate::certify::MethodName::Auto,
+        proposition: Some(2),
+        test_subset: points.map(|p| p as u64),
         data: a.data.clone(),
     })
     .with_context(|| format!("certifying {}", ckpt.display()))
@@ -188,7 +188,7 @@ pub fn ensure_attacked(
         return Ok(());
     }
     let mut args = crate::attack::AttackArgs::new(ckpt, label, a.data.clone());
-    args.test_subset = Some(points);
+    args.test_subset = Some(points as u64);
     configure(&mut args);
     crate::attack::run(&args).with_context(|| format!("attacking {} ({label})", ckpt.display()))
 }

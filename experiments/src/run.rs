@@ -168,6 +168,9 @@ pub const STAND_IN: &str = "mnist-padded-32x32x3 (STAND-IN for svhn)";
 pub fn load_data(dataset: &str, args: &DataArgs) -> Result<Dataset> {
     match dataset {
         "mnist" => Ok(lmt_data::load_mnist(&args.mnist_dir).context("loading MNIST")?),
+        "fashion-mnist" => {
+            Ok(lmt_data::load_fashion_mnist(&args.fashion_dir).context("loading Fashion-MNIST")?)
+        }
         "svhn" if args.svhn_stand_in => {
             let mnist = lmt_data::load_mnist(&args.mnist_dir)
                 .context("loading MNIST for the SVHN stand-in")?;
@@ -243,5 +246,22 @@ pub fn manifest(
         machine: lmt_analysis::Manifest::this_machine(),
         wall_seconds,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        model: None,
     }
+}
+
+/// Creates `dir` and checks that a file can be written there, before any long work starts (a read-only
+/// output directory would otherwise lose the work at the end).
+pub fn check_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the output directory {}", dir.display()))?;
+    let probe = dir.join(".lmt-write-probe");
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "the output directory {} is not writable; choose another with --out",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
 }

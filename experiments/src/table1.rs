@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use lmt_analysis::stats::median;
 use lmt_analysis::Table;
+use lmt_eval::metrics::{accuracy_under_attack, certified_accuracy, median, Proportion};
+use lmt_eval::{AttackRow, CertificateRow};
 
 use crate::figures::budget_label;
 use crate::pipeline::{ensure_attacked, ensure_certified, ensure_trained, AnalysisArgs, Budget};
@@ -95,27 +96,16 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
         let data = load_data(&trained.config.dataset, &a.data)?;
         dataset = data.name.clone();
         let dir = ckpt.parent().unwrap_or(Path::new("."));
-        let (cp, ap) = (dir.join("certificates.csv"), dir.join("attack_cw.csv"));
-        let certs = Table::read(&cp)?;
-        let radii: Vec<f64> = certs
-            .numbers("radius", &cp)?
-            .into_iter()
-            .map(|r| r.unwrap_or(0.0))
-            .collect();
-        let labels = certs.numbers("label", &cp)?;
-        let preds = certs.numbers("prediction", &cp)?;
-        let att = Table::read(&ap)?;
-        let dist: Vec<Option<f64>> = att.numbers("distance", &ap)?;
-        let n = budget.table1_points.min(dist.len());
-        let clean = (0..n)
-            .filter(|&i| preds[i].is_some() && preds[i] == labels[i])
-            .count() as f64
-            / n as f64;
-        let under =
-            |e: f64| dist[..n].iter().filter(|d| d.is_none_or(|d| d > e)).count() as f64 / n as f64;
-        let cert =
-            |e: f64| radii[..n].iter().filter(|&&r| r > 0.0 && e <= r).count() as f64 / n as f64;
-        let failures = dist[..n].iter().filter(|d| d.is_none()).count();
+        let certs: Vec<CertificateRow> = lmt_eval::read_csv_file(&dir.join("certificates.csv"))?;
+        let att: Vec<AttackRow> = lmt_eval::read_csv_file(&dir.join("attack_cw.csv"))?;
+        let n = budget.table1_points.min(att.len()).min(certs.len());
+        let (certs, att) = (&certs[..n], &att[..n]);
+        let radii: Vec<f64> = certs.iter().map(|c| c.radius).collect();
+        let dist: Vec<Option<f64>> = att.iter().map(|a| a.distance).collect();
+        let clean = Proportion::count(certs.iter().map(|c| c.prediction == Some(c.label))).value();
+        let under = |e: f64| accuracy_under_attack(&dist, e).value();
+        let cert = |e: f64| certified_accuracy(&radii, e).value();
+        let failures = dist.iter().filter(|d| d.is_none()).count();
         let p = |i: usize| paper.map(|v| v[i].to_string()).unwrap_or_default();
         t.push(vec![
             method.into(),

@@ -92,6 +92,54 @@ fn smoke_train_then_certify_writes_every_file() {
         assert_eq!((f[5], f[6]), ("prop2", "dense"));
     }
     attacks_agree_with_certificates(dir.path(), &ckpt);
+    export_then_import_certifies_the_same(dir.path(), &ckpt, &csv);
+}
+
+/// `export` writes the checkpoint as ONNX; `certify --onnx` of that file gives the same certificates.
+fn export_then_import_certifies_the_same(dir: &Path, ckpt: &Path, checkpoint_csv: &str) {
+    let onnx = dir.join("model.onnx");
+    let r = experiments(&["export", "--checkpoint", ckpt.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("within"));
+    let r = experiments(&["export", "--checkpoint", ckpt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("--force"),
+        "never overwrite unasked: {err}"
+    );
+    let out = dir.join("imported");
+    let r = experiments(&[
+        "certify",
+        "--onnx",
+        onnx.to_str().unwrap(),
+        "--dataset",
+        "mnist",
+        "--test-subset",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let imported = std::fs::read_to_string(out.join("certificates.csv")).unwrap();
+    let radii = |csv: &str| -> Vec<f64> {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(4).unwrap().parse().unwrap())
+            .collect()
+    };
+    let (a, b) = (radii(checkpoint_csv), radii(&imported));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-6 * x.max(1e-12),
+            "radius {x} from the checkpoint, {y} from its export"
+        );
+    }
+    let manifest = std::fs::read_to_string(out.join("certify_manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"model\": \"onnx ") && manifest.contains("sha256"),
+        "{manifest}"
+    );
 }
 
 /// Parses `attack_<name>.csv`: per input (success, distance, certified radius).
@@ -294,4 +342,139 @@ fn smoke_wide_resnet_on_svhn_format_files() {
     ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("--svhn-dir"), "{err}");
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/lmt-onnx/tests/fixtures")
+        .join(name)
+        .to_string_lossy()
+        .to_string()
+}
+
+/// A PyTorch-exported CNN: certify, attack (checked against the certificates) and inequality (5) on
+/// MNIST and on the user's own images in IDX files; inputs that do not fit are errors.
+#[test]
+fn onnx_models_certify_attack_and_tightness() {
+    if !Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/mnist")
+        .is_dir()
+    {
+        assert!(std::env::var_os("CI").is_none(), "MNIST missing under CI");
+        eprintln!("SKIPPED: MNIST not found (run `make data`)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let cnn = fixture("cnn_bn_maxpool.onnx");
+    let common = ["--onnx", cnn.as_str(), "--dataset", "mnist", "--out", out];
+    let r = experiments(&[&["certify", "--test-subset", "200"][..], &common].concat());
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        stdout.contains("proposition 2") && stdout.contains("certified accuracy at L2 radius 1.58"),
+        "{stdout}"
+    );
+    let r = experiments(
+        &[
+            &["attack", "--attack", "deepfool", "--test-subset", "100"][..],
+            &common,
+        ]
+        .concat(),
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success() && stdout.contains("no successful attack inside a certified radius"),
+        "{stdout}"
+    );
+    let r = experiments(
+        &[
+            &["tightness", "--test-subset", "50", "--draws", "3"][..],
+            &common,
+        ]
+        .concat(),
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        stdout.contains("(i) B/A") && stdout.contains("breaking A <= B <= C or A <= D: 0"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tightness.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        51
+    );
+
+    // The first 30 MNIST test images as the user's own IDX files.
+    let mnist =
+        lmt_data::load_mnist(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist")).unwrap();
+    let mut img = vec![0, 0, 8, 3, 0, 0, 0, 30, 0, 0, 0, 28, 0, 0, 0, 28];
+    img.extend_from_slice(&mnist.test.pixels[..30 * 784]);
+    let mut lab = vec![0, 0, 8, 1, 0, 0, 0, 30];
+    lab.extend_from_slice(&mnist.test.labels[..30]);
+    let (ip, lp) = (dir.path().join("imgs.idx"), dir.path().join("labs.idx"));
+    std::fs::write(&ip, img).unwrap();
+    std::fs::write(&lp, lab).unwrap();
+    let r = experiments(&[
+        "certify",
+        "--onnx",
+        &cnn,
+        "--idx-images",
+        ip.to_str().unwrap(),
+        "--idx-labels",
+        lp.to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success()
+            && stdout.contains("30 idx:imgs.idx (user images, not an official data set)"),
+        "{stdout}"
+    );
+
+    // Inputs that do not fit, and a missing data set, are errors that say what to do.
+    let r = experiments(&[
+        "certify",
+        "--onnx",
+        &fixture("resnet_avgpool.onnx"),
+        "--dataset",
+        "mnist",
+        "--out",
+        out,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("[3, 16, 16]") && err.contains("1 x 28 x 28"),
+        "{err}"
+    );
+    let r = experiments(&["certify", "--onnx", &cnn, "--out", out]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("--dataset"), "{err}");
+    let r = experiments(&[
+        "certify",
+        "--onnx",
+        &fixture("bad_unknown_op.onnx"),
+        "--dataset",
+        "mnist",
+        "--out",
+        out,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("(Erf)"), "{err}");
+    let r = experiments(&[
+        "certify",
+        "--onnx",
+        &cnn,
+        "--dataset",
+        "mnist",
+        "--test-subset",
+        "0",
+        "--out",
+        out,
+    ]);
+    assert!(!r.status.success(), "--test-subset 0 is refused");
 }

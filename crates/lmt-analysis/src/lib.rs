@@ -1,7 +1,7 @@
-//! Analysis and outputs for lmt-rs: the [`Manifest`] every generated result carries, [`Table`] (CSV in
-//! and out, written atomically), the statistics of Section 6 ([`stats`]: medians, cumulative curves,
-//! per-point ratios, the margin-over-Lipschitz radius of inequality (5)), and figures ([`plot`]: line and
-//! log-scale bar charts, image grids, each as PNG and SVG with an embedded font).
+//! Outputs for lmt-rs: the [`Manifest`] every generated result carries, [`write_atomic`], [`Table`]
+//! (named columns of formatted cells, CSV in and out through the `csv` crate), and figures ([`plot`]:
+//! line and log-scale bar charts, image grids, each as PNG and SVG with an embedded font). The metrics
+//! themselves live in lmt-eval.
 //!
 //! **Invariant:** the only crate (besides `experiments`) that writes result files.
 #![deny(missing_docs)]
@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod plot;
-pub mod stats;
 mod table;
 
 pub use table::Table;
@@ -85,6 +84,9 @@ pub struct Manifest {
     pub wall_seconds: f64,
     /// The exact command line.
     pub command: String,
+    /// The model file evaluated and its digest, when it is not a checkpoint of this run (an ONNX import).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Manifest {
@@ -175,6 +177,7 @@ mod tests {
             machine: Manifest::this_machine(),
             wall_seconds: 1.5,
             command: "experiments fig3".into(),
+            model: None,
         };
         m.write(&path).unwrap();
         let back: Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();

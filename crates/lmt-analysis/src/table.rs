@@ -1,4 +1,5 @@
-//! A plain table of strings with named columns: written as CSV atomically, read back by column name.
+//! A plain table of strings with named columns: written as CSV atomically, read back by column name,
+//! both through the `csv` crate (cells with commas, quotes or newlines are quoted).
 
 use std::path::Path;
 
@@ -32,64 +33,36 @@ impl Table {
         self.rows.push(row);
     }
 
-    /// The CSV text: header line, then one line per row. Cells must not contain commas or newlines.
+    /// The CSV text: header line, then one line per row.
     pub fn to_csv(&self) -> String {
-        let mut s = self.header.join(",");
-        s.push('\n');
-        for r in &self.rows {
-            s.push_str(&r.join(","));
-            s.push('\n');
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            w.write_record(r).expect("writing to memory");
         }
-        s
+        String::from_utf8(w.into_inner().expect("writing to memory")).expect("UTF-8 cells")
     }
 
-    /// Writes the CSV to `path` atomically; a cell with a comma, quote or newline is an error (this
-    /// writer does not quote, so such a cell would shift every later column).
+    /// Writes the CSV to `path` atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bad = |c: &String| c.contains([',', '"', '\n', '\r']);
-        if let Some(c) = self
-            .header
-            .iter()
-            .chain(self.rows.iter().flatten())
-            .find(|c| bad(c))
-        {
-            return Err(csv_err(
-                path,
-                format!("cell `{c}` contains a comma, quote or newline"),
-            ));
-        }
         write_atomic(path, self.to_csv().as_bytes())
     }
 
-    /// Reads a CSV written by [`Table::write`] (or any simple CSV without quoting).
+    /// Reads a CSV with a header line.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| AnalysisError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut lines = text.lines();
-        let header: Vec<String> = lines
-            .next()
-            .ok_or_else(|| csv_err(path, "empty file"))?
-            .split(',')
+        let mut r = csv::Reader::from_path(path).map_err(|e| csv_err(path, e.to_string()))?;
+        let header: Vec<String> = r
+            .headers()
+            .map_err(|e| csv_err(path, e.to_string()))?
+            .iter()
             .map(str::to_string)
             .collect();
-        let mut rows = Vec::new();
-        for (i, line) in lines.enumerate().filter(|(_, l)| !l.is_empty()) {
-            let row: Vec<String> = line.split(',').map(str::to_string).collect();
-            if row.len() != header.len() {
-                return Err(csv_err(
-                    path,
-                    format!(
-                        "row {} has {} fields, the header {}",
-                        i + 2,
-                        row.len(),
-                        header.len()
-                    ),
-                ));
-            }
-            rows.push(row);
-        }
+        let rows = r
+            .records()
+            .map(|rec| {
+                rec.map(|r| r.iter().map(str::to_string).collect())
+                    .map_err(|e| csv_err(path, e.to_string()))
+            })
+            .collect::<Result<Vec<Vec<String>>>>()?;
         Ok(Self { header, rows })
     }
 
@@ -134,12 +107,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_and_reports_bad_rows() {
+    fn round_trips_quotes_and_reports_bad_rows() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.csv");
-        let mut t = Table::new(&["index", "distance"]);
-        t.push(vec!["0".into(), "0.5".into()]);
-        t.push(vec!["1".into(), String::new()]);
+        let mut t = Table::new(&["index", "distance", "note"]);
+        t.push(vec!["0".into(), "0.5".into(), "a, b".into()]);
+        t.push(vec!["1".into(), String::new(), "say \"x\"".into()]);
         t.write(&p).unwrap();
         let back = Table::read(&p).unwrap();
         assert_eq!(back, t);
@@ -149,15 +122,8 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no column `radius`"));
-        let mut bad = Table::new(&["a"]);
-        bad.push(vec!["x,y".into()]);
-        assert!(bad
-            .write(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("contains a comma"));
         std::fs::write(&p, "a,b\n1\n").unwrap();
         let e = Table::read(&p).unwrap_err().to_string();
-        assert!(e.contains("row 2 has 1 fields"), "{e}");
+        assert!(e.contains("t.csv") && e.contains("line: 2"), "{e}");
     }
 }

@@ -97,19 +97,6 @@ pub struct AttackOutcome {
     pub per_input: Vec<Adversarial>,
 }
 
-impl AttackOutcome {
-    /// The fraction of inputs still correctly classified under perturbations of L2 size at most `eps`:
-    /// an input counts as broken when the attack succeeded with distance `<= eps`.
-    pub fn robust_accuracy(&self, eps: f64) -> f64 {
-        let broken = self
-            .per_input
-            .iter()
-            .filter(|a| a.success && a.distance.is_some_and(|d| d <= eps))
-            .count();
-        1.0 - broken as f64 / self.per_input.len().max(1) as f64
-    }
-}
-
 /// A checked batch: sizes, the images as f32 and their clean logits.
 pub(crate) struct Batch {
     /// Batch size.

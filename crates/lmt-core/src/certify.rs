@@ -50,11 +50,26 @@ pub struct Certificate {
     pub method: BoundMethod,
 }
 
+/// The one definition of "certified at L2 size `eps`": every perturbation of norm at most `eps` keeps
+/// the prediction. Both propositions guarantee it for norms strictly below the radius, and a perturbation
+/// of norm exactly the radius can reach a tie, which never counts as correct; so it holds iff
+/// `eps < radius`. A radius of 0 (misclassified, tied, non-finite) is certified nowhere, and NaN never.
+pub fn certified_at(radius: f64, eps: f64) -> bool {
+    radius > eps && eps >= 0.0
+}
+
+/// The one definition of an attack result contradicting a certificate: a successful adversarial
+/// example at L2 distance `distance <= radius` from an input with a positive radius. In exact arithmetic
+/// no such example exists (at distance exactly the radius the margin is at least 0, and a tie is not a
+/// success), so one is a bug in a bound, the certifier or the attack. A radius of 0 promises nothing.
+pub fn contradicts(radius: f64, distance: f64) -> bool {
+    radius > 0.0 && distance <= radius
+}
+
 impl Certificate {
-    /// True when the input is certified at L2 size `eps`: every perturbation of norm < eps keeps the
-    /// prediction (eps <= radius). A radius of 0 is never certified, not even at eps = 0.
+    /// True when the input is certified at L2 size `eps` ([`certified_at`]).
     pub fn certified_at(&self, eps: f64) -> bool {
-        self.radius > 0.0 && eps <= self.radius
+        certified_at(self.radius, eps)
     }
 }
 

@@ -25,7 +25,9 @@
 #![deny(missing_docs)]
 
 pub use bound::{BoundMethod, CertifiedBound, LowerBound};
-pub use certify::{certify_prop1, certify_prop2, Certificate, Proposition};
+pub use certify::{
+    certified_at, certify_prop1, certify_prop2, contradicts, Certificate, Proposition,
+};
 pub use conv::ConvGeometry;
 pub use error::{CoreError, Result};
 pub use estimate::{l2_norm, LipEstimate, PowerVectors};

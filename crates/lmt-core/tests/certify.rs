@@ -53,7 +53,8 @@ fn ties_nan_and_misclassified_inputs_get_radius_zero() {
     }
     let c = certify_prop1(&logits, 3, &labels, &one()).unwrap();
     assert!((c[4].radius - 2.0 / 2f64.sqrt()).abs() < 1e-12);
-    assert!(c[4].certified_at(c[4].radius) && !c[4].certified_at(c[4].radius * 1.000001));
+    assert!(!c[4].certified_at(c[4].radius) && c[4].certified_at(c[4].radius * 0.999999));
+    assert!(!c[4].certified_at(-1.0) && !lmt_core::certified_at(f64::NAN, 0.0));
     assert_eq!(
         (c[4].proposition, c[4].method),
         (Proposition::One, BoundMethod::ClosedForm)
@@ -138,4 +139,30 @@ fn zero_weight_distance_imposes_no_limit() {
     let w = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0];
     let c = certify_prop2(&[2.0, 1.0, 0.0], 3, &[0], &one(), &w, 2).unwrap();
     assert!((c[0].radius - 2.0 / 2f64.sqrt()).abs() < 1e-12);
+}
+
+#[test]
+fn a_perturbation_of_exactly_the_radius_can_reach_a_tie_so_the_radius_itself_is_not_certified() {
+    // Identity logits on R^2 at x = (1, 0): margin 1, ||w_0 - w_1|| = sqrt 2, so the Prop. 2 radius is
+    // 1 / sqrt 2; moving by exactly that along (-1, 1) / sqrt 2 lands on (1/2, 1/2), a tie.
+    let l_sub = lmt_core::norms::linear_dense(&[1.0, 0.0, 0.0, 1.0], 2, 2).unwrap();
+    let c = certify_prop2(&[1.0, 0.0], 2, &[0], &l_sub, &[1.0, 0.0, 0.0, 1.0], 2).unwrap()[0];
+    let r = c.radius;
+    assert!(
+        (r - 0.5f64.sqrt()).abs() < 1e-8 && r <= 0.5f64.sqrt(),
+        "sound: never above the exact radius"
+    );
+    let moved = [1.0 - r / 2f64.sqrt(), r / 2f64.sqrt()];
+    assert!(
+        (moved[0] - moved[1]).abs() < 1e-8,
+        "the moved point is (up to rounding) a tie"
+    );
+    assert!(!c.certified_at(r), "radius itself: a tie is reachable");
+    assert!(c.certified_at(r * (1.0 - 1e-6)));
+    // A successful attack at distance exactly the radius contradicts the certificate; beyond it, not.
+    assert!(lmt_core::contradicts(r, r) && !lmt_core::contradicts(r, r * (1.0 + 1e-9)));
+    assert!(
+        !lmt_core::contradicts(0.0, 0.0),
+        "a misclassified input (radius 0) promises nothing"
+    );
 }

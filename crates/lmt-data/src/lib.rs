@@ -24,7 +24,8 @@ pub use error::{DataError, Result};
 pub use idx::{parse_idx, read_idx, read_maybe_gz, IdxArray};
 pub use images::ImageSet;
 pub use mnist::{
-    load_fashion_mnist, load_idx_dir, load_mnist, IdxSet, FASHION_DEFAULT_DIR, MNIST_DEFAULT_DIR,
+    load_fashion_mnist, load_idx_dir, load_idx_pair, load_mnist, IdxSet, FASHION_DEFAULT_DIR,
+    MNIST_DEFAULT_DIR,
 };
 pub use svhn::{load_svhn, parse_svhn_mat, SvhnLabels, SvhnOptions};
 

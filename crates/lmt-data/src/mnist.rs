@@ -155,3 +155,67 @@ fn read_named(
     let array = parse_idx(&bytes, &path)?;
     Ok((path, array))
 }
+
+/// A user's own test images: an IDX image file (`N x H x W` grey or `N x C x H x W`, u8, raw or `.gz`)
+/// and an IDX label file (`N`, u8). The set is named by the image file and is never taken for an
+/// official data set; the train split is empty.
+pub fn load_idx_pair(images: &Path, labels: &Path) -> Result<Dataset> {
+    let mut files = Vec::new();
+    let mut read = |path: &Path| -> Result<IdxArray> {
+        let bytes = read_maybe_gz(path)?;
+        files.push(FileDigest::check(path, "sha256", sha256_hex(&bytes), None));
+        parse_idx(&bytes, path)
+    };
+    let (img, lab) = (read(images)?, read(labels)?);
+    let (n, c, h, w) = match img.dims[..] {
+        [n, h, w] => (n, 1, h, w),
+        [n, c, h, w] => (n, c, h, w),
+        _ => {
+            return Err(DataError::Mismatch {
+                path: images.to_path_buf(),
+                detail: format!(
+                    "expected images N x H x W or N x C x H x W, header says {:?}",
+                    img.dims
+                ),
+            })
+        }
+    };
+    if lab.dims != [n] {
+        return Err(DataError::Mismatch {
+            path: labels.to_path_buf(),
+            detail: format!(
+                "expected {n} labels (one per image), header says {:?}",
+                lab.dims
+            ),
+        });
+    }
+    let classes = lab
+        .data
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1)
+        .max(2);
+    let name = images
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let test = ImageSet {
+        pixels: img.data,
+        labels: lab.data,
+        channels: c,
+        height: h,
+        width: w,
+        num_classes: classes,
+    };
+    Ok(Dataset {
+        name: format!("idx:{name} (user images, not an official data set)"),
+        train: ImageSet {
+            pixels: Vec::new(),
+            labels: Vec::new(),
+            ..test.clone()
+        },
+        test,
+        files,
+    })
+}
