@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the ONNX fixtures of lmt-onnx's tests (run once; the tests need no Python).
 
-Four small image classifiers, built in PyTorch with random weights and random batch-norm statistics and
+Five small image classifiers, built in PyTorch with random weights and random batch-norm statistics and
 exported with torch.onnx.export, cover what exporters write for ordinary classifiers:
 
   cnn_bn_maxpool          Conv, BatchNormalization (kept: no constant folding), MaxPool, an asymmetric
@@ -14,6 +14,8 @@ exported with torch.onnx.export, cover what exporters write for ordinary classif
   depthwise_concat        a depthwise dilated convolution, LeakyRelu, Tanh, Concat, overlapping padded
                           MaxPool, x.view(x.size(0), -1) (a Shape/Gather/Concat/Reshape chain) and a
                           final Softmax; TorchScript exporter, opset 13, dynamic batch
+  mlp_unbatched           one sample per call: input (784,), output (10,), MatMul + Add instead of Gemm,
+                          LeakyRelu(0.2); TorchScript exporter, opset 17
 
 For each, crates/lmt-onnx/tests/fixtures/<name>.onnx and <name>_io.safetensors with
   inputs       8 images in [0, 1] (float32)
@@ -127,6 +129,21 @@ class Mlp(nn.Module):
         return l_sub * op_norm(self.fc3, (1, 32)), l_sub
 
 
+class Unbatched(nn.Module):
+    """One sample at a time, (784,) in and (10,) out: the exporter writes MatMul + Add, not Gemm."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(F.leaky_relu(self.fc1(x), 0.2))
+
+    def bounds(self):
+        l_sub = op_norm(self.fc1, (784,)) * 1.0
+        return l_sub * op_norm(self.fc2, (32,)), l_sub
+
+
 class Depthwise(nn.Module):
     def __init__(self):
         super().__init__()
@@ -157,23 +174,24 @@ class Depthwise(nn.Module):
         return l_sub * op_norm(self.fc, (1, 3136)), l_sub
 
 
-def export(name, model, shape, dynamo, opset, dynamic_batch, fold=True):
+def export(name, model, shape, dynamo, opset, dynamic_batch, fold=True, unbatched=False):
     model.eval()
     randomise_bn(model)
     x = torch.rand(*shape)
+    example = x[0] if unbatched else x[:1]
     path = OUT / f"{name}.onnx"
     kwargs = dict(input_names=["images"], output_names=["scores"], opset_version=opset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            torch.onnx.export(model, (x[:1],), path, dynamo=True, external_data=False, **kwargs)
+            torch.onnx.export(model, (example,), path, dynamo=True, external_data=False, **kwargs)
         else:
             axes = {"images": {0: "N"}, "scores": {0: "N"}} if dynamic_batch else None
             torch.onnx.export(
-                model, (x[:1],), path, dynamo=False, dynamic_axes=axes, do_constant_folding=fold, **kwargs
+                model, (example,), path, dynamo=False, dynamic_axes=axes, do_constant_folding=fold, **kwargs
             )
     with torch.no_grad():
-        logits = model.logits(x) if hasattr(model, "logits") else model(x)
+        logits = model.logits(x) if hasattr(model, "logits") else model(x)  # batched: the same per sample
     m64 = copy.deepcopy(model).double()
     with torch.no_grad():
         l, l_sub = m64.bounds()
@@ -208,6 +226,7 @@ def main():
     export("resnet_avgpool", ResNet(), (8, 3, 16, 16), dynamo=True, opset=18, dynamic_batch=True)
     export("mlp_normalised_sigmoid", Mlp(), (8, 784), dynamo=False, opset=11, dynamic_batch=True)
     export("depthwise_concat", Depthwise(), (8, 1, 28, 28), dynamo=False, opset=13, dynamic_batch=True)
+    export("mlp_unbatched", Unbatched(), (8, 784), dynamo=False, opset=17, dynamic_batch=False, unbatched=True)
     bad_files(cnn)
     print(f"torch {torch.__version__}, onnx {onnx.__version__}")
 

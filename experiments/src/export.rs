@@ -69,5 +69,21 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     if worst > 1e-5 * scale || (l.value() - l_back.value()).abs() > 1e-6 * l.value() {
         bail!("the exported file does not reproduce the checkpoint (logits differ by {worst}, L {} vs {}): a bug in the exporter", l.value(), l_back.value());
     }
+    // The images and the checkpoint's logits beside the file, so any runtime can check it
+    // (scripts/check-onnx-export.py does with onnxruntime).
+    let check = path.with_extension("check.safetensors");
+    let tmp = path.with_extension("check.safetensors.tmp");
+    let z = t.built.model.eval_logits(&x)?;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("inputs".to_string(), x), ("logits".to_string(), z)]),
+        &tmp,
+    )
+    .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &check).with_context(|| format!("writing {}", check.display()))?;
+    println!(
+        "wrote {} (the {} images and the checkpoint's logits)",
+        check.display(),
+        idx.len()
+    );
     Ok(())
 }

@@ -58,6 +58,8 @@ fn only_analysis_knows_plotters_and_only_experiments_knows_clap_and_yaml() {
         "lmt-models",
         "lmt-attacks",
         "lmt-train",
+        "lmt-onnx",
+        "lmt-eval",
     ] {
         let d = deps(krate);
         for heavy in ["plotters", "clap", "serde_norway"] {
@@ -65,4 +67,24 @@ fn only_analysis_knows_plotters_and_only_experiments_knows_clap_and_yaml() {
         }
     }
     assert!(!deps("lmt-analysis").contains("clap"));
+}
+
+#[test]
+fn the_evaluation_library_knows_no_plotting_and_onnx_only_layers() {
+    let eval = deps("lmt-eval");
+    for needed in ["lmt-data", "lmt-core", "lmt-models", "lmt-attacks"] {
+        assert!(eval.contains(needed), "lmt-eval lacks {needed}");
+    }
+    assert!(!eval.contains("lmt-analysis") && !eval.contains("lmt-onnx"));
+    let onnx = deps("lmt-onnx");
+    assert!(onnx.contains("lmt-models") && onnx.contains("prost"));
+    for other in [
+        "lmt-attacks",
+        "lmt-train",
+        "lmt-eval",
+        "lmt-analysis",
+        "lmt-data",
+    ] {
+        assert!(!onnx.contains(other), "lmt-onnx depends on {other}");
+    }
 }

@@ -12,11 +12,12 @@ use lmt_models::{CertifyMethod, Classifier, Ctx, Lip};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Uniform};
 
-const FIXTURES: [&str; 4] = [
+const FIXTURES: [&str; 5] = [
     "cnn_bn_maxpool",
     "resnet_avgpool",
     "mlp_normalised_sigmoid",
     "depthwise_concat",
+    "mlp_unbatched",
 ];
 
 fn path(name: &str) -> PathBuf {
