@@ -78,11 +78,12 @@ pub struct AttackArgs {
 
 impl AttackArgs {
     /// The defaults of the command line for `checkpoint` and an attack label (`cw`, `deepfool`,
-    /// `deepfool_clip` or `pgd`).
+    /// `deepfool_clip` or `pgd_<epsilon>`).
     pub fn new(checkpoint: &std::path::Path, label: &str, data: DataArgs) -> Self {
+        let epsilon = label.strip_prefix("pgd_").and_then(|e| e.parse().ok());
         let attack = match label.trim_end_matches("_clip") {
             "cw" => AttackName::Cw,
-            "pgd" => AttackName::Pgd,
+            _ if epsilon.is_some() => AttackName::Pgd,
             _ => AttackName::Deepfool,
         };
         AttackArgs {
@@ -96,7 +97,7 @@ impl AttackArgs {
             cw_initial_const: 1e-3,
             cw_lr: 1e-2,
             deepfool_clip: label.ends_with("_clip"),
-            epsilon: None,
+            epsilon,
             pgd_steps: 50,
             restarts: 1,
             seed: 0,

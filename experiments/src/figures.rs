@@ -197,9 +197,9 @@ pub fn read_radii(dir: &Path, n: Option<usize>) -> Result<Vec<f64>> {
         .collect())
 }
 
-/// Distances of `attack_<label>.csv` (`None`: no adversarial found); `None` when the file is absent or
-/// older than the run's checkpoint (an attack on an earlier model).
-pub fn attack_distances(dir: &Path, label: &str) -> Result<Option<Vec<Option<f64>>>> {
+/// The rows of `attack_<label>.csv` in `dir`; `None` when the file is absent or older than the run's
+/// checkpoint (an attack on an earlier model).
+pub fn attack_rows(dir: &Path, label: &str) -> Result<Option<Vec<AttackRow>>> {
     let p = dir.join(format!("attack_{label}.csv"));
     if !p.is_file() {
         return Ok(None);
@@ -208,32 +208,66 @@ pub fn attack_distances(dir: &Path, label: &str) -> Result<Option<Vec<Option<f64
         eprintln!("{}: older than the checkpoint, not used", p.display());
         return Ok(None);
     }
-    let rows: Vec<AttackRow> = lmt_eval::read_csv_file(&p)?;
-    Ok(Some(rows.iter().map(|r| r.distance).collect()))
+    Ok(Some(lmt_eval::read_csv_file(&p)?))
 }
 
-/// Per point, the smallest distance over the attacks of `labels` that ran on it (attacks may cover
-/// different prefixes of the test set, so a short C&W run does not truncate a full DeepFool run).
-pub fn worst_distances(dir: &Path, labels: &[&str]) -> Result<Option<Vec<Option<f64>>>> {
-    let mut worst: Option<Vec<Option<f64>>> = None;
-    for label in labels {
-        let Some(d) = attack_distances(dir, label)? else {
-            continue;
-        };
-        worst = Some(match worst {
-            None => d,
-            Some(w) => (0..w.len().max(d.len()))
-                .map(|i| {
-                    let (a, b) = (w.get(i).copied().flatten(), d.get(i).copied().flatten());
-                    match (a, b) {
-                        (Some(x), Some(y)) => Some(x.min(y)),
-                        (x, y) => x.or(y),
-                    }
-                })
-                .collect(),
-        });
+/// Distances of `attack_<label>.csv` by position (`None`: no adversarial found).
+pub fn attack_distances(dir: &Path, label: &str) -> Result<Option<Vec<Option<f64>>>> {
+    Ok(attack_rows(dir, label)?.map(|rows| rows.iter().map(|r| r.distance).collect()))
+}
+
+/// The attack labels with a file in `dir`: DeepFool (both), C&W, and PGD at every radius run.
+pub fn attack_labels(dir: &Path) -> Vec<String> {
+    let mut labels: Vec<String> = ["deepfool", "deepfool_clip", "cw"]
+        .map(String::from)
+        .to_vec();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut pgd: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| Some(n.strip_prefix("attack_")?.strip_suffix(".csv")?.to_string()))
+            .filter(|l| l.starts_with("pgd"))
+            .collect();
+        pgd.sort();
+        labels.extend(pgd);
+    }
+    labels
+}
+
+/// Per test index `0..n`, the smallest distance over every attack in `dir` that ran on it (`Some(None)`:
+/// attacked, never broken; `None`: no attack ran on it). Attacks may cover different points (a short
+/// C&W run, PGD only where nothing else broke the point), so each point takes what ran on it.
+pub fn worst_by_index(dir: &Path, n: usize) -> Result<Vec<Option<Option<f64>>>> {
+    let mut worst: Vec<Option<Option<f64>>> = vec![None; n];
+    for label in attack_labels(dir) {
+        for r in attack_rows(dir, &label)?.unwrap_or_default() {
+            if let Some(w) = worst.get_mut(r.index) {
+                *w = Some(match (w.flatten(), r.distance) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                });
+            }
+        }
     }
     Ok(worst)
+}
+
+/// [`worst_by_index`] over the points any attack ran on, as the distances of a combined attack.
+pub fn worst_distances(dir: &Path) -> Result<Option<Vec<Option<f64>>>> {
+    let mut n = 0;
+    for label in attack_labels(dir) {
+        if let Some(rows) = attack_rows(dir, &label)? {
+            n = n.max(rows.iter().map(|r| r.index + 1).max().unwrap_or(0));
+        }
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        worst_by_index(dir, n)?
+            .into_iter()
+            .map(|w| w.flatten())
+            .collect(),
+    ))
 }
 
 fn infinite_on_failure(d: &[Option<f64>]) -> Vec<f64> {
@@ -256,8 +290,7 @@ fn inequality(
     let dir = ckpt.parent().unwrap_or(Path::new(".")).to_path_buf();
     let a_vals = read_radii(&dir, Some(n))?;
     let d = attack_distances(&dir, "deepfool")?.context("DeepFool results missing")?;
-    let worst = worst_distances(&dir, &["deepfool", "deepfool_clip", "cw", "pgd"])?
-        .unwrap_or_else(|| d.clone());
+    let worst = worst_distances(&dir)?.unwrap_or_else(|| d.clone());
     if d.len() < n || worst.len() < n {
         bail!(
             "{}: DeepFool covers {} points, need {n}",
@@ -545,7 +578,7 @@ pub fn curves(a: &AnalysisArgs) -> Result<()> {
             );
         }
         let radii = read_radii(&dir, None)?;
-        let worst = worst_distances(&dir, &["deepfool", "deepfool_clip", "cw", "pgd"])?;
+        let worst = worst_distances(&dir)?;
         if let Ok(cfg) = std::fs::read_to_string(dir.join("config.yaml")) {
             reduced |= cfg.contains("reduced: true");
         }

@@ -37,8 +37,15 @@ pub struct Budget {
     pub fig4_points: usize,
     /// Gaussian draws of the local lower bound per batch (the authors: 100).
     pub draws: usize,
-    /// Test points of Table 1 attacked with C&W (the paper: all 26,032 SVHN test images).
+    /// Test points of Table 1 for the clean, certified and strongest-attack columns (the paper: all
+    /// 26,032 SVHN test images).
     pub table1_points: usize,
+    /// Of them, the first this many attacked with C&W (the paper's column).
+    pub table1_cw_points: usize,
+    /// PGD-L2 steps of the strongest attack at each size.
+    pub pgd_steps: usize,
+    /// PGD-L2 restarts (the first from the input, the others random).
+    pub pgd_restarts: usize,
     /// C&W iterations per binary-search step in Table 1 (the paper: 100).
     pub cw_iterations: usize,
     /// C&W binary-search steps in Table 1 (the paper: 9).
@@ -52,27 +59,47 @@ impl Budget {
             "paper" => Budget {
                 fig4_points: 10_000,
                 draws: 100,
-                table1_points: 2_000,
+                table1_points: usize::MAX,
+                table1_cw_points: usize::MAX,
                 cw_iterations: 100,
                 cw_binary_steps: 9,
+                pgd_steps: 100,
+                pgd_restarts: 2,
             },
-            // C&W on the WRN costs ~20 ms per image and step on 2 cores: 30 points x 30 x 9 keeps Table 1
-            // near 15 minutes.
+            // The longer CPU profile a user runs overnight (Table 1's training budgets are in the
+            // configs' `overnight` profiles).
+            "overnight" => Budget {
+                fig4_points: 10_000,
+                draws: 100,
+                table1_points: 2_000,
+                table1_cw_points: 500,
+                cw_iterations: 100,
+                cw_binary_steps: 9,
+                pgd_steps: 100,
+                pgd_restarts: 2,
+            },
             // (B) and (C) with the authors' 100 draws cost ~0.8 s per point on 2 cores; 20 draws keep
-            // Figure 4 near 15 minutes.
+            // Figure 4 near 15 minutes. C&W 100 x 9 costs about 1.2 s per image on a WRN-16-1 on 2 cores,
+            // so 200 points take 4 minutes per model.
             "quick" => Budget {
                 fig4_points: 1_000,
                 draws: 20,
-                table1_points: 30,
-                cw_iterations: 30,
+                table1_points: 500,
+                table1_cw_points: 200,
+                cw_iterations: 100,
                 cw_binary_steps: 9,
+                pgd_steps: 50,
+                pgd_restarts: 1,
             },
             _ => Budget {
                 fig4_points: 100,
                 draws: 3,
                 table1_points: 10,
+                table1_cw_points: 10,
                 cw_iterations: 5,
                 cw_binary_steps: 2,
+                pgd_steps: 5,
+                pgd_restarts: 1,
             },
         }
     }
@@ -84,10 +111,15 @@ impl Budget {
     }
 }
 
-/// `<results>/<profile>/<config>` (or `standin_<config>` on the SVHN stand-in, so the two never mix).
+/// `<results>/<profile>/<config>` (or `standin_<fashion|mnist>_<config>` on the SVHN stand-in, so no
+/// two data sets ever mix).
 pub fn run_dir(a: &AnalysisArgs, config: &str) -> PathBuf {
     let name = if a.data.svhn_stand_in {
-        format!("standin_{config}")
+        let base = match crate::run::stand_in(&a.data) {
+            crate::StandIn::Fashion => "fashion",
+            crate::StandIn::Mnist => "mnist",
+        };
+        format!("standin_{base}_{config}")
     } else {
         config.to_string()
     };

@@ -91,6 +91,10 @@ pub struct Trained {
     pub profile: String,
     /// Whether the run's budget was reduced from the paper's.
     pub reduced: bool,
+    /// What its budget did differently from the authors' recipe (see `Plan::departures`).
+    pub departures: Vec<String>,
+    /// The network after its profile.
+    pub model: ModelConfig,
     /// The resolved config file, verbatim (for manifests).
     pub config_text: String,
     /// The model with the checkpoint's weights.
@@ -115,6 +119,8 @@ pub fn load_trained(checkpoint: &Path) -> Result<Trained> {
         profile: String,
         model: ModelConfig,
         reduced: bool,
+        #[serde(default)]
+        departures: Vec<String>,
     }
     let resolved: Resolved =
         serde_norway::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
@@ -128,6 +134,8 @@ pub fn load_trained(checkpoint: &Path) -> Result<Trained> {
         config: resolved.config,
         profile: resolved.profile,
         reduced: resolved.reduced,
+        departures: resolved.departures,
+        model: resolved.model,
         config_text: text,
         built,
         dir,
@@ -162,7 +170,35 @@ pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {
 }
 
 /// The name every output of a stand-in run carries: never "svhn".
-pub const STAND_IN: &str = "mnist-padded-32x32x3 (STAND-IN for svhn)";
+pub fn stand_in_name(base: &str) -> String {
+    format!("{base}-padded-32x32x3 (STAND-IN for svhn)")
+}
+
+/// The stand-in actually used: the one asked for, or MNIST when Fashion-MNIST is not installed.
+pub fn stand_in(args: &DataArgs) -> crate::StandIn {
+    let present = ["train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"]
+        .iter()
+        .any(|f| args.fashion_dir.join(f).is_file());
+    match args.stand_in {
+        crate::StandIn::Fashion if present => crate::StandIn::Fashion,
+        _ => crate::StandIn::Mnist,
+    }
+}
+
+/// The set behind the stand-in (see [`stand_in`]); a fallback from Fashion-MNIST says so.
+pub fn stand_in_base(args: &DataArgs) -> Result<Dataset> {
+    if stand_in(args) == crate::StandIn::Fashion {
+        return lmt_data::load_fashion_mnist(&args.fashion_dir)
+            .context("loading Fashion-MNIST for the SVHN stand-in");
+    }
+    if args.stand_in == crate::StandIn::Fashion {
+        eprintln!(
+            "WARNING: Fashion-MNIST is not installed in {} (apt-get install dataset-fashion-mnist); the SVHN stand-in falls back to MNIST",
+            args.fashion_dir.display()
+        );
+    }
+    lmt_data::load_mnist(&args.mnist_dir).context("loading MNIST for the SVHN stand-in")
+}
 
 /// Loads the data set a config names from the directories in `args`.
 pub fn load_data(dataset: &str, args: &DataArgs) -> Result<Dataset> {
@@ -172,13 +208,12 @@ pub fn load_data(dataset: &str, args: &DataArgs) -> Result<Dataset> {
             Ok(lmt_data::load_fashion_mnist(&args.fashion_dir).context("loading Fashion-MNIST")?)
         }
         "svhn" if args.svhn_stand_in => {
-            let mnist = lmt_data::load_mnist(&args.mnist_dir)
-                .context("loading MNIST for the SVHN stand-in")?;
+            let base = stand_in_base(args)?;
             Ok(Dataset {
-                name: STAND_IN.to_string(),
-                train: mnist.train.pad_and_repeat(32, 3),
-                test: mnist.test.pad_and_repeat(32, 3),
-                files: mnist.files,
+                name: stand_in_name(&base.name),
+                train: base.train.pad_and_repeat(32, 3),
+                test: base.test.pad_and_repeat(32, 3),
+                files: base.files,
             })
         }
         "svhn" => {

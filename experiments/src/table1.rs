@@ -1,15 +1,19 @@
-//! `table1`: clean accuracy and accuracy under C&W at L2 sizes 0.2, 0.5 and 1.0 for the SVHN baselines
-//! and LMT (paper Table 1), on the official SVHN files or, without them, on the named MNIST stand-in.
+//! `table1`: the paper's Table 1 (clean accuracy and accuracy under C&W at L2 sizes 0.2, 0.5 and 1.0
+//! for weight decay, Parseval, spectral norm and LMT, plus the average-pool LMT WRN), on the official
+//! SVHN files or, without them, on the named stand-in; beside the paper's C&W column, accuracy under the
+//! strongest attack we have and certified accuracy, each with its 95% Wilson interval, and a figure.
 
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use lmt_analysis::plot::{self, LineChart, Series};
 use lmt_analysis::Table;
-use lmt_eval::metrics::{accuracy_under_attack, certified_accuracy, median, Proportion};
-use lmt_eval::{AttackRow, CertificateRow};
+use lmt_attacks::PgdConfig;
+use lmt_eval::metrics::{certified_at, median, robust_at, Proportion};
+use lmt_eval::{AttackRow, AttackSpec, CertificateRow};
 
-use crate::figures::budget_label;
+use crate::figures::{budget_label, worst_by_index};
 use crate::pipeline::{ensure_attacked, ensure_certified, ensure_trained, AnalysisArgs, Budget};
 use crate::run::{load_data, load_trained, manifest};
 
@@ -49,77 +53,233 @@ pub const TABLE1: [Table1Row; 5] = [
 /// The L2 sizes of Table 1.
 pub const SIZES: [f64; 3] = [0.2, 0.5, 1.0];
 
-/// Trains (or resumes), certifies and attacks every Table 1 model, then writes `table1.csv`.
+/// The strongest attack at one size: PGD-L2 at radius `eps` on the points that C&W and clipped DeepFool
+/// did not already break within `eps` (a point broken at a smaller size is broken here too).
+fn strongest_pgd(
+    a: &AnalysisArgs,
+    budget: &Budget,
+    ckpt: &Path,
+    points: usize,
+    eps: f64,
+) -> Result<()> {
+    let dir = ckpt.parent().unwrap_or(Path::new("."));
+    let label = AttackSpec::Pgd(PgdConfig::new(eps, 1)).label();
+    if crate::pipeline::attack_rows(ckpt, &label) > 0 {
+        return Ok(());
+    }
+    let worst = worst_by_index(dir, points)?;
+    let todo: Vec<usize> = (0..points)
+        .filter(|&i| worst[i].is_none_or(|d| robust_at(d, eps)))
+        .collect();
+    let s = crate::subject::Subject::load(&crate::subject::ModelArgs::checkpoint(ckpt), &a.data)?;
+    let mut cfg = PgdConfig::new(eps, budget.pgd_steps);
+    cfg.restarts = budget.pgd_restarts;
+    eprintln!("table1: PGD-L2 at {eps} ({} steps, {} restarts) on the {} of {points} points nothing broke yet", cfg.steps, cfg.restarts, todo.len());
+    let mut rows = lmt_eval::attack(
+        s.model.as_ref(),
+        &s.data.test,
+        &todo,
+        &AttackSpec::Pgd(cfg),
+        100,
+        &mut |_, _| {},
+    )?;
+    let certs: Vec<CertificateRow> = lmt_eval::read_csv_file(&dir.join("certificates.csv"))?;
+    let violations = lmt_eval::check_against(&mut rows, &certs)?;
+    if !violations.is_empty() {
+        bail!("SOUNDNESS VIOLATION: PGD at {eps} succeeded inside certified radii: {violations:?}");
+    }
+    lmt_analysis::write_atomic(
+        &dir.join(format!("attack_{label}.csv")),
+        &lmt_eval::to_csv(&rows)?,
+    )?;
+    Ok(())
+}
+
+/// A proportion as three CSV cells (percent, interval low, interval high).
+fn cells(p: Proportion) -> [String; 3] {
+    let (lo, hi) = p.wilson95();
+    [100.0 * p.value(), 100.0 * lo, 100.0 * hi].map(|v| v.to_string())
+}
+
+/// Trains (or resumes), certifies and attacks every Table 1 model, then writes `table1.csv` (SVHN) or
+/// `table1_standin.csv` and the figure; fails loudly when certified > under the strongest attack > clean.
 pub fn table1(args: &AnalysisArgs) -> Result<()> {
     let started = Instant::now();
     let mut a = args.clone();
     if a.data.svhn_dir.is_none() {
         a.data.svhn_stand_in = true;
+        let base = match crate::run::stand_in(&a.data) {
+            crate::StandIn::Fashion => "fashion-mnist",
+            crate::StandIn::Mnist => "mnist",
+        };
         eprintln!(
             "table1: no --svhn-dir (or SVHN_DIR): running on the STAND-IN {} — these are NOT SVHN numbers",
-            crate::run::STAND_IN
+            crate::run::stand_in_name(base)
         );
     }
     let budget = Budget::of(&a.profile);
-    let mut t = Table::new(&[
-        "method",
-        "dataset",
-        "points",
-        "clean_accuracy",
-        "cw_accuracy_0.2",
-        "cw_accuracy_0.5",
-        "cw_accuracy_1.0",
-        "certified_accuracy_0.2",
-        "certified_accuracy_0.5",
-        "certified_accuracy_1.0",
+    let mut header: Vec<String> = ["method", "dataset", "network", "points", "cw_points"]
+        .map(String::from)
+        .to_vec();
+    let acc = |h: &mut Vec<String>, name: String| {
+        h.push(name.clone());
+        h.push(format!("{name}_lo"));
+        h.push(format!("{name}_hi"));
+    };
+    acc(&mut header, "clean_accuracy".into());
+    for kind in ["cw", "strongest", "certified"] {
+        for e in SIZES {
+            acc(&mut header, format!("{kind}_accuracy_{e:.1}"));
+        }
+    }
+    for h in [
         "median_certified_radius",
         "cw_failures",
+        "departures",
         "paper_clean",
         "paper_cw_0.2",
         "paper_cw_0.5",
         "paper_cw_1.0",
         "paper_median_radius",
         "budget",
-    ]);
-    let mut reduced = true; // the paper attacks all 26,032 SVHN test images; we never do on CPU
+    ] {
+        header.push(h.into());
+    }
+    let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut reduced = true; // the paper attacks all 26,032 SVHN test images with C&W; we never do on CPU
     let mut dataset = String::new();
+    let mut problems = Vec::new();
+    let mut panels = Vec::new();
     for (method, config, paper, paper_radius) in TABLE1 {
         eprintln!("table1: {method} ({config})");
         let ckpt = ensure_trained(&a, config)?;
-        ensure_certified(&a, &ckpt, Some(budget.table1_points))?;
-        ensure_attacked(&a, &ckpt, "cw", budget.table1_points, |x| {
+        let trained = load_trained(&ckpt)?;
+        let data = load_data(&trained.config.dataset, &a.data)?;
+        let points = budget.table1_points.min(data.test.len());
+        let cw_points = budget.table1_cw_points.min(points);
+        ensure_certified(&a, &ckpt, Some(points))?;
+        ensure_attacked(&a, &ckpt, "cw", cw_points, |x| {
             x.cw_iterations = budget.cw_iterations;
             x.cw_binary_steps = budget.cw_binary_steps;
         })?;
-        let trained = load_trained(&ckpt)?;
+        ensure_attacked(&a, &ckpt, "deepfool_clip", points, |_| {})?;
+        for e in SIZES {
+            strongest_pgd(&a, &budget, &ckpt, points, e)?;
+        }
         reduced |= trained.reduced;
-        let data = load_data(&trained.config.dataset, &a.data)?;
         dataset = data.name.clone();
         let dir = ckpt.parent().unwrap_or(Path::new("."));
         let certs: Vec<CertificateRow> = lmt_eval::read_csv_file(&dir.join("certificates.csv"))?;
-        let att: Vec<AttackRow> = lmt_eval::read_csv_file(&dir.join("attack_cw.csv"))?;
-        let n = budget.table1_points.min(att.len()).min(certs.len());
-        let (certs, att) = (&certs[..n], &att[..n]);
-        let radii: Vec<f64> = certs.iter().map(|c| c.radius).collect();
-        let dist: Vec<Option<f64>> = att.iter().map(|a| a.distance).collect();
-        let clean = Proportion::count(certs.iter().map(|c| c.prediction == Some(c.label))).value();
-        let under = |e: f64| accuracy_under_attack(&dist, e).value();
-        let cert = |e: f64| certified_accuracy(&radii, e).value();
-        let failures = dist.iter().filter(|d| d.is_none()).count();
-        let p = |i: usize| paper.map(|v| v[i].to_string()).unwrap_or_default();
-        t.push(vec![
-            method.into(),
+        let cw: Vec<AttackRow> = lmt_eval::read_csv_file(&dir.join("attack_cw.csv"))?;
+        if certs.len() < points || cw.len() < cw_points {
+            bail!(
+                "{}: {} certificates and {} C&W rows, need {points} and {cw_points}",
+                dir.display(),
+                certs.len(),
+                cw.len()
+            );
+        }
+        let (certs, cw) = (&certs[..points], &cw[..cw_points]);
+        let worst = worst_by_index(dir, points)?;
+        let clean = Proportion::count(certs.iter().map(|c| c.prediction == Some(c.label)));
+        let mut row = vec![
+            method.to_string(),
             data.name.clone(),
-            n.to_string(),
-            (100.0 * clean).to_string(),
-            (100.0 * under(SIZES[0])).to_string(),
-            (100.0 * under(SIZES[1])).to_string(),
-            (100.0 * under(SIZES[2])).to_string(),
-            (100.0 * cert(SIZES[0])).to_string(),
-            (100.0 * cert(SIZES[1])).to_string(),
-            (100.0 * cert(SIZES[2])).to_string(),
+            format!("WRN-16-{}", wrn_width(&trained)),
+            points.to_string(),
+            cw_points.to_string(),
+        ];
+        row.extend(cells(clean));
+        let cw_at = |e: f64| Proportion::count(cw.iter().map(|r| robust_at(r.distance, e)));
+        let strongest_at =
+            |e: f64| Proportion::count(worst.iter().map(|w| w.is_none_or(|d| robust_at(d, e))));
+        let certified_at_e =
+            |e: f64| Proportion::count(certs.iter().map(|c| certified_at(c.radius, e)));
+        // Each curve starts at size 0: clean accuracy for the attacks, certified at 0 for the bound.
+        let curve = |name: String, f: &dyn Fn(f64) -> Proportion, at0: f64, color, dashed| Series {
+            name,
+            points: std::iter::once((0.0, at0))
+                .chain(SIZES.iter().map(|&e| (e, f(e).value())))
+                .collect(),
+            color,
+            dashed,
+        };
+        let cw_name = format!(
+            "C&W {}x{} ({cw_points} points)",
+            budget.cw_iterations, budget.cw_binary_steps
+        );
+        let mut series = vec![
+            curve(
+                format!("strongest attack ({points} points)"),
+                &strongest_at,
+                clean.value(),
+                1,
+                false,
+            ),
+            curve(
+                cw_name,
+                &cw_at,
+                Proportion::count(cw.iter().map(|r| robust_at(r.distance, 0.0))).value(),
+                2,
+                true,
+            ),
+            curve(
+                format!("certified ({points} points)"),
+                &certified_at_e,
+                certified_at_e(0.0).value(),
+                0,
+                false,
+            ),
+        ];
+        for f in [
+            &cw_at as &dyn Fn(f64) -> Proportion,
+            &strongest_at,
+            &certified_at_e,
+        ] {
+            for e in SIZES {
+                row.extend(cells(f(e)));
+            }
+        }
+        // Every size: certified <= under the strongest attack <= clean (on the same points), and on the
+        // C&W points, certified <= under C&W <= clean.
+        for e in SIZES {
+            let (c, s) = (certified_at_e(e).k, strongest_at(e).k);
+            let cw_certified = certs[..cw_points]
+                .iter()
+                .filter(|c| certified_at(c.radius, e))
+                .count();
+            let cw_clean = certs[..cw_points]
+                .iter()
+                .filter(|c| c.prediction == Some(c.label))
+                .count();
+            if c > s || s > clean.k || cw_certified > cw_at(e).k || cw_at(e).k > cw_clean {
+                problems.push(format!(
+                    "{method} at {e}: certified {c}, strongest-attack {s}, clean {} of {points}; C&W {} of {cw_points}",
+                    clean.k,
+                    cw_at(e).k
+                ));
+            }
+        }
+        if let Some(pv) = paper {
+            series.push(Series {
+                name: "the paper's C&W accuracy, on SVHN".into(),
+                points: std::iter::once(0.0)
+                    .chain(SIZES)
+                    .zip(pv.iter().map(|v| v / 100.0))
+                    .collect(),
+                color: 3,
+                dashed: true,
+            });
+        }
+        let radii: Vec<f64> = certs.iter().map(|c| c.radius).collect();
+        let p = |i: usize| paper.map(|v| v[i].to_string()).unwrap_or_default();
+        row.extend([
             median(&radii).to_string(),
-            failures.to_string(),
+            cw.iter()
+                .filter(|r| r.distance.is_none())
+                .count()
+                .to_string(),
+            trained.departures.join("; "),
             p(0),
             p(1),
             p(2),
@@ -127,6 +287,19 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
             paper_radius.map(|r| r.to_string()).unwrap_or_default(),
             budget_label(&a.profile, true),
         ]);
+        t.push(row);
+        panels.push(LineChart {
+            title: format!(
+                "{method}, WRN-16-{} (clean {:.1}%)",
+                wrn_width(&trained),
+                100.0 * clean.value()
+            ),
+            x_label: "L2 size of the perturbation".into(),
+            y_label: "accuracy".into(),
+            x: (0.0, 1.0),
+            y: (0.0, 1.0),
+            series,
+        });
     }
     let root = a.results.join(&a.profile);
     let name = if a.data.svhn_stand_in {
@@ -135,18 +308,35 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
         "table1"
     };
     t.write(&root.join(format!("{name}.csv")))?;
-    println!("Table 1 on {dataset} ({}): accuracies in %; C&W accuracy is an empirical upper bound on robust accuracy, certified accuracy a guaranteed lower bound", budget_label(&a.profile, reduced));
+    let tag = budget_label(&a.profile, reduced);
+    plot::line_panels(
+        &a.figures.join(&a.profile).join(name),
+        &format!("Table 1 on {dataset} [{tag}]: accuracy under attack (upper bounds) and certified (lower bounds)"),
+        &panels,
+    )?;
+    println!("Table 1 on {dataset} ({tag}): accuracies in % with 95% Wilson intervals; accuracy under an attack is an empirical upper bound on robust accuracy, certified accuracy a guaranteed lower bound");
     print!("{}", t.to_csv());
     let data = load_data("svhn", &a.data)?;
     manifest(
         name.into(),
         &a.profile,
         reduced,
-        format!("{budget:?}; C&W accuracy at size e = fraction of the first {} test points whose C&W distance exceeds e (failures count as robust)", budget.table1_points),
+        format!("{budget:?}; accuracy under an attack at size e = fraction of the first points whose adversarial distance exceeds e (failures count as robust); strongest = C&W (first {} points), clipped DeepFool and PGD-L2 at e must all fail within e", budget.table1_cw_points),
         0,
         &data,
         started.elapsed().as_secs_f64(),
     )
     .write(&root.join(format!("{name}_manifest.json")))?;
+    if !problems.is_empty() {
+        bail!("SOUNDNESS VIOLATION in Table 1: {}", problems.join("; "));
+    }
     Ok(())
+}
+
+/// The trained WRN's width factor (after its profile).
+fn wrn_width(t: &crate::run::Trained) -> usize {
+    match t.model {
+        lmt_train::ModelConfig::WideResnet { width, .. } => width,
+        lmt_train::ModelConfig::KolterWong => 0,
+    }
 }

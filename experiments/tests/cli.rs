@@ -11,6 +11,27 @@ fn experiments(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// SHA-256 of the smoke-budget checkpoints (Kolter-Wong LMT on MNIST; WRN-16-1 LMT on the SVHN-format
+/// fixtures). Training is deterministic, so these change exactly when the numerics change: then the
+/// committed results under results/ no longer equal what the code produces, and must be regenerated
+/// (README, "Reproducing the paper") in the same commit that updates these values.
+const KW_SMOKE_SHA256: &str = "cd2516ad9bc94a2aa4e10b01afb5ff7b1e3b8f048d616603f1700edbd44970ec";
+const WRN_SMOKE_SHA256: &str = "7a3e10dbe9863c046dc5accb46505be16966eb6929c19e1b3e79ff35a34e049b";
+
+fn pinned_digest(ckpt: &Path, want: &str) {
+    use sha2::Digest;
+    let got: String = sha2::Sha256::digest(std::fs::read(ckpt).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "{}: the numerics changed; regenerate the committed results and update the pinned digest",
+        ckpt.display()
+    );
+}
+
 /// Whether `make data` fetched MNIST; under CI its absence is a failure, elsewhere a printed skip.
 fn mnist_present() -> bool {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,6 +85,7 @@ fn smoke_train_then_certify_writes_every_file() {
         );
     }
     let ckpt = dir.path().join("checkpoint.safetensors");
+    pinned_digest(&ckpt, KW_SMOKE_SHA256);
     let r = experiments(&[
         "certify",
         "--checkpoint",
@@ -226,7 +248,7 @@ fn attacks_agree_with_certificates(dir: &Path, ckpt: &Path) {
     }
     let df = attack_rows(dir, "deepfool");
     let cw = attack_rows(dir, "cw");
-    let pgd = attack_rows(dir, "pgd");
+    let pgd = attack_rows(dir, "pgd_1");
     let df_clip = attack_rows(dir, "deepfool_clip");
     assert_eq!((df.len(), cw.len(), pgd.len()), (100, 20, 100));
     for (s, d, r) in df.iter().chain(&cw).chain(&pgd).chain(&df_clip) {
@@ -327,6 +349,7 @@ fn smoke_wide_resnet_on_svhn_format_files() {
         "{config}"
     );
     let ckpt = out.path().join("checkpoint.safetensors");
+    pinned_digest(&ckpt, WRN_SMOKE_SHA256);
     let r = experiments(&[
         "certify",
         "--checkpoint",

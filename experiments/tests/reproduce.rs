@@ -5,16 +5,12 @@ use std::path::Path;
 use std::process::Command;
 
 fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .unwrap()
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let rows: Vec<Vec<String>> = lines
-        .map(|l| l.split(',').map(str::to_string).collect())
+    let mut r =
+        ::csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    let rows: Vec<Vec<String>> = r
+        .records()
+        .map(|rec| rec.unwrap().iter().map(str::to_string).collect())
         .collect();
     for r in &rows {
         assert_eq!(r.len(), header.len(), "{}: {r:?}", path.display());
@@ -162,11 +158,27 @@ fn smoke_reproduce_writes_every_table_figure_and_manifest() {
     );
     let m = manifest(&r.join("table1_standin_manifest.json"));
     assert!(m.contains("STAND-IN"));
+    for kind in ["cw", "strongest", "certified"] {
+        for e in ["0.2", "0.5", "1.0"] {
+            let v: Vec<f64> = col(&h, &rows, &format!("{kind}_accuracy_{e}_lo"))
+                .iter()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            assert!(
+                v.iter().all(|x| (0.0..=100.0).contains(x)),
+                "interval of {kind} at {e}"
+            );
+        }
+    }
+    figure(&f.join("table1_standin"));
 
     let (h, rows) = csv(&r.join("curves.csv"));
+    let models = col(&h, &rows, "model");
     assert!(
-        col(&h, &rows, "model").contains(&"standin_svhn_lmt_c001")
-            && col(&h, &rows, "model").contains(&"mnist_lmt_c1")
+        models
+            .iter()
+            .any(|m| m.starts_with("standin_") && m.ends_with("svhn_lmt_c001"))
+            && models.contains(&"mnist_lmt_c1")
     );
     manifest(&r.join("curves_manifest.json"));
     figure(&f.join("curves_1"));
@@ -178,10 +190,53 @@ fn smoke_reproduce_writes_every_table_figure_and_manifest() {
         "median certified radius",
         "STAND-IN",
         "Table 1 LMT (c 0.01): accuracy under C&W at L2 0.5 (%)",
+        "## Table 1 on",
+        "The paper's claim at L2 0.5",
     ] {
         assert!(
             summary.contains(needle),
             "SUMMARY.md lacks {needle}:\n{summary}"
         );
+    }
+}
+
+/// The path a user with the official SVHN files takes: `table1 --svhn-dir` on SVHN-format MAT files
+/// (`scripts/make-svhn-fixtures.py` wrote them), with and without `--svhn-extra`, writes `table1.csv`.
+#[test]
+fn smoke_table1_on_svhn_format_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let svhn = root.join("crates/lmt-data/tests/fixtures/svhn_dir");
+    for extra in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (results, figures) = (tmp.path().join("results"), tmp.path().join("figures"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_experiments"));
+        cmd.args(["table1", "--profile", "smoke", "--svhn-dir"])
+            .arg(&svhn)
+            .arg("--results")
+            .arg(&results)
+            .arg("--figures")
+            .arg(&figures)
+            .current_dir(&root);
+        if extra {
+            cmd.arg("--svhn-extra");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let r = results.join("smoke");
+        assert!(!r.join("table1_standin.csv").exists());
+        let (h, rows) = csv(&r.join("table1.csv"));
+        assert_eq!(rows.len(), 5);
+        assert!(
+            col(&h, &rows, "dataset").iter().all(|d| *d == "svhn"),
+            "{:?}",
+            col(&h, &rows, "dataset")
+        );
+        manifest(&r.join("table1_manifest.json"));
+        figure(&figures.join("smoke").join("table1"));
+        // Training read 64 images, plus 16 from extra when asked.
+        let log =
+            std::fs::read_to_string(r.join("svhn_weight_decay").join("manifest.json")).unwrap();
+        assert_eq!(log.contains("extra_32x32.mat"), extra, "{log}");
     }
 }

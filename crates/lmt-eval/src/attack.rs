@@ -24,13 +24,13 @@ pub enum AttackSpec {
 }
 
 impl AttackSpec {
-    /// The file-name label: `cw`, `deepfool`, `deepfool_clip` or `pgd`.
-    pub fn label(&self) -> &'static str {
+    /// The file-name label: `cw`, `deepfool`, `deepfool_clip` or `pgd_<epsilon>` (one file per radius).
+    pub fn label(&self) -> String {
         match self {
-            AttackSpec::Cw(_) => "cw",
-            AttackSpec::DeepFool(d) if d.clip => "deepfool_clip",
-            AttackSpec::DeepFool(_) => "deepfool",
-            AttackSpec::Pgd(_) => "pgd",
+            AttackSpec::Cw(_) => "cw".into(),
+            AttackSpec::DeepFool(d) if d.clip => "deepfool_clip".into(),
+            AttackSpec::DeepFool(_) => "deepfool".into(),
+            AttackSpec::Pgd(p) => format!("pgd_{}", p.epsilon),
         }
     }
 

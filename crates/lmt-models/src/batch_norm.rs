@@ -120,7 +120,7 @@ impl BatchNorm2d {
             let xc = add_channel_bias(x, &mean.neg()?)?;
             let var = (channel_sum(&xc.sqr()?)? / m)?;
             let unbiased = m / (m - 1.0).max(1.0);
-            let d = self.momentum;
+            let d = ctx.bn_decay.unwrap_or(self.momentum);
             self.running_mean
                 .set(&((self.running_mean.as_tensor() * d)? + (mean.detach() * (1.0 - d))?)?)?;
             self.running_var.set(

@@ -118,6 +118,11 @@ pub struct Ctx<'a> {
     /// Seed of this step's dropout masks (a training loop derives it from its seed and the step, so
     /// masks are reproducible and a resumed run needs no generator state).
     pub seed: u64,
+    /// Dropout active (only matters in training mode; off when BN statistics are recalibrated).
+    pub dropout: bool,
+    /// Overrides BN's decay of its running statistics for this pass (recalibration uses k / (k + 1) at
+    /// its k-th batch, so the running statistics become the plain mean over the batches).
+    pub bn_decay: Option<f64>,
 }
 
 impl<'a> Ctx<'a> {
@@ -129,6 +134,18 @@ impl<'a> Ctx<'a> {
             vectors: None,
             method,
             seed: 0,
+            dropout: false,
+            bn_decay: None,
+        }
+    }
+
+    /// BN statistics recalibration, batch `k` (0-based): batch statistics and a running-statistics
+    /// decay of k / (k + 1) (the mean over the batches seen), dropout off, parameters frozen.
+    pub fn recalibrate_bn(k: usize) -> Self {
+        Ctx {
+            train: true,
+            bn_decay: Some(k as f64 / (k as f64 + 1.0)),
+            ..Ctx::eval(CertifyMethod::Auto)
         }
     }
 
@@ -140,6 +157,8 @@ impl<'a> Ctx<'a> {
             vectors: Some(vectors),
             method: CertifyMethod::Auto,
             seed: 0,
+            dropout: true,
+            bn_decay: None,
         }
     }
 

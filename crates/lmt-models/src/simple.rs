@@ -51,7 +51,7 @@ impl Dropout {
 
 impl LipModule for Dropout {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        if !ctx.train || self.p == 0.0 {
+        if !ctx.train || !ctx.dropout || self.p == 0.0 {
             return Ok((x.clone(), lip));
         }
         let mut rng = lmt_core::named_rng(ctx.seed, &self.name);

@@ -362,3 +362,59 @@ fn batch_norm_equals_the_broadcast_formula() {
         }
     }
 }
+
+#[test]
+fn bn_recalibration_averages_the_batch_statistics_with_dropout_off() {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let c = 3;
+    let var = |v: Vec<f32>| Var::from_vec(v, c, &dev).unwrap();
+    let bn = lmt_models::BatchNorm2d::new(
+        Tensor::ones(c, candle_core::DType::F32, &dev).unwrap(),
+        Tensor::zeros(c, candle_core::DType::F32, &dev).unwrap(),
+        var(vec![5.0; c]),
+        var(vec![7.0; c]),
+        1e-5,
+        0.9,
+    )
+    .unwrap();
+    let batches: Vec<Tensor> = (0..3)
+        .map(|k| {
+            let v: Vec<f32> = random(&mut rng, 4 * c * 5 * 5)
+                .iter()
+                .map(|x| x * (k + 1) as f32)
+                .collect();
+            Tensor::from_vec(v, (4, c, 5, 5), &dev).unwrap()
+        })
+        .collect();
+    // Per channel: batch mean and unbiased batch variance, then their means over the batches.
+    let (mut mean, mut var_u) = (vec![0f64; c], vec![0f64; c]);
+    for x in &batches {
+        let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..4)
+                .flat_map(|b| (0..25).map(move |p| (b * c + ch) * 25 + p))
+                .map(|i| v[i] as f64)
+                .collect();
+            let m = vals.iter().sum::<f64>() / 100.0;
+            mean[ch] += m / 3.0;
+            var_u[ch] += vals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 99.0 / 3.0;
+        }
+    }
+    for (k, x) in batches.iter().enumerate() {
+        bn.normalize(x, &lmt_models::Ctx::recalibrate_bn(k))
+            .unwrap();
+    }
+    let got = |t: &Var| t.as_tensor().to_vec1::<f32>().unwrap();
+    close("running mean", &got(bn.running_mean()), &mean);
+    close("running variance", &got(bn.running_var()), &var_u);
+    // Dropout is the identity in this mode.
+    let d = lmt_models::Dropout::new(0.5, "d").unwrap();
+    let ctx = lmt_models::Ctx::recalibrate_bn(0);
+    let (y, _) =
+        lmt_models::LipModule::forward_lip(&d, &batches[0], lmt_models::Lip::None, &ctx).unwrap();
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        batches[0].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}

@@ -298,6 +298,8 @@ fn estimate_converges_to_the_dense_bound() {
         vectors: Some(&pv),
         method: CertifyMethod::Auto,
         seed: 0,
+        dropout: false,
+        bn_decay: None,
     };
     let x = Tensor::zeros((1, 1, 8, 8), DType::F32, &DEV).unwrap();
     let mut est = 0.0;

@@ -37,6 +37,11 @@ pub struct TrainConfig {
     /// Write a checkpoint every this many steps (and at every epoch end).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// After the last epoch, re-estimate every BN layer's running statistics as the mean over this many
+    /// training images of batch statistics with dropout off (0: keep the running averages gathered
+    /// under dropout, the authors' recipe).
+    #[serde(default)]
+    pub recalibrate_bn: usize,
     /// Budget overrides by profile name (`smoke`, `quick`, `paper`).
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
@@ -144,9 +149,10 @@ pub enum OptimizerConfig {
         lr: f64,
         /// Momentum mu.
         momentum: f64,
-        /// Epochs after which the rate is multiplied by `drop_ratio`.
+        /// Epochs (fractional after a profile scales the budget) after which the rate is multiplied by
+        /// `drop_ratio`.
         #[serde(default)]
-        drop_epochs: Vec<usize>,
+        drop_epochs: Vec<f64>,
         /// Factor applied at each drop.
         #[serde(default = "default_drop")]
         drop_ratio: f64,
@@ -173,6 +179,13 @@ pub struct Profile {
     /// WideResNet width factor for this profile (smaller k for reduced CPU budgets).
     #[serde(default)]
     pub width: Option<usize>,
+    /// The initial learning rate for this budget (a departure from the config's, named in outputs).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// BN recalibration for this budget (see [`TrainConfig::recalibrate_bn`]; a departure when the
+    /// config has none).
+    #[serde(default)]
+    pub recalibrate_bn: Option<usize>,
 }
 
 /// A validated config with a profile applied: what the loop runs.
@@ -190,8 +203,18 @@ pub struct Plan {
     pub test_subset: Option<usize>,
     /// The model after the profile (a WRN width override applied).
     pub model: ModelConfig,
+    /// The optimiser after the profile: its learning rate, and learning-rate drops at the same
+    /// fractions of training as the config's.
+    pub optimizer: OptimizerConfig,
+    /// The method after the profile: c's warm-up over the same fraction of training as the config's.
+    pub method: Method,
+    /// Training images for the BN recalibration after the last epoch (0: none).
+    pub recalibrate_bn: usize,
     /// True when the profile reduces the config's budget: every output must say so.
     pub reduced: bool,
+    /// What this budget does differently from the authors' recipe, in words (empty: nothing); every
+    /// output names these.
+    pub departures: Vec<String>,
 }
 
 impl TrainConfig {
@@ -334,10 +357,11 @@ impl TrainConfig {
             || p.train_subset == Some(0)
             || p.test_subset == Some(0)
             || p.width == Some(0)
+            || p.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite()))
         {
             return Err(config_err(
                 &format!("profiles.{profile}"),
-                "epochs, subsets and width must be positive",
+                "epochs, subsets, width and lr must be positive",
             ));
         }
         let epochs = p.epochs.unwrap_or(self.epochs);
@@ -349,6 +373,37 @@ impl TrainConfig {
         }
         let reduced =
             epochs < self.epochs || p.train_subset.is_some() || p.test_subset.is_some() || narrower;
+        // Schedules keep the paper's shape: drops and warm-up at the same fractions of training.
+        let scale = epochs as f64 / self.epochs as f64;
+        let mut departures = Vec::new();
+        let mut optimizer = self.optimizer.clone();
+        if let OptimizerConfig::Nesterov {
+            lr, drop_epochs, ..
+        } = &mut optimizer
+        {
+            drop_epochs.iter_mut().for_each(|e| *e *= scale);
+            if let Some(new) = p.lr.filter(|new| new != lr) {
+                departures.push(format!(
+                    "initial learning rate {new} instead of the authors' {lr}, for the {epochs}-epoch budget"
+                ));
+                *lr = new;
+            }
+        } else if p.lr.is_some() {
+            return Err(config_err(
+                &format!("profiles.{profile}.lr"),
+                "only the Nesterov optimiser takes a profile learning rate",
+            ));
+        }
+        let mut method = self.method.clone();
+        if let Method::Lmt { warmup_epochs, .. } = &mut method {
+            *warmup_epochs *= scale;
+        }
+        let recalibrate_bn = p.recalibrate_bn.unwrap_or(self.recalibrate_bn);
+        if recalibrate_bn > 0 && self.recalibrate_bn == 0 {
+            departures.push(format!(
+                "BN running statistics re-estimated after training on {recalibrate_bn} training images with dropout off (the authors keep those gathered under dropout)"
+            ));
+        }
         Ok(Plan {
             config: self.clone(),
             profile: profile.to_string(),
@@ -356,7 +411,11 @@ impl TrainConfig {
             train_subset: p.train_subset,
             test_subset: p.test_subset,
             model,
+            optimizer,
+            method,
+            recalibrate_bn,
             reduced,
+            departures,
         })
     }
 }
@@ -397,8 +456,9 @@ pub fn c_schedule(method: &Method, epoch_detail: f64) -> f64 {
     }
 }
 
-/// The learning rate after `epochs_done` completed epochs.
-pub fn lr_schedule(opt: &OptimizerConfig, epochs_done: usize) -> f64 {
+/// The learning rate at fractional epoch `epoch_detail` (completed epochs plus the fraction of the
+/// current one): each drop applies from the first step at or after its epoch.
+pub fn lr_schedule(opt: &OptimizerConfig, epoch_detail: f64) -> f64 {
     match opt {
         OptimizerConfig::Adam { lr } => *lr,
         OptimizerConfig::Nesterov {
@@ -406,6 +466,8 @@ pub fn lr_schedule(opt: &OptimizerConfig, epochs_done: usize) -> f64 {
             drop_epochs,
             drop_ratio,
             ..
-        } => lr * drop_ratio.powi(drop_epochs.iter().filter(|&&e| epochs_done >= e).count() as i32),
+        } => {
+            lr * drop_ratio.powi(drop_epochs.iter().filter(|&&e| epoch_detail >= e).count() as i32)
+        }
     }
 }

@@ -146,14 +146,14 @@ pub fn train(
 ) -> Result<Summary> {
     let device = Device::Cpu;
     let cfg = &plan.config;
-    if matches!(cfg.method, Method::Adversarial { .. }) && opts.adversary.is_none() {
+    if matches!(plan.method, Method::Adversarial { .. }) && opts.adversary.is_none() {
         return Err(TrainError::Config {
             key: "method".into(),
             detail: "`adversarial` needs an attack: run it through `experiments train`, or pass RunOptions::adversary".into(),
         });
     }
     let needs_last = matches!(
-        cfg.method,
+        plan.method,
         Method::Parseval { .. } | Method::Lmt { proposition: 2, .. }
     );
     let last_weight = match model.last_weight() {
@@ -173,8 +173,8 @@ pub fn train(
     let ckpt = out.join("checkpoint.safetensors");
     let log_path = out.join("log.csv");
     let vectors = PowerVectors::new(cfg.seed ^ 0x5eed);
-    let mut opt = Optimizer::new(cfg.optimizer.clone(), params)?;
-    if matches!(cfg.method, Method::Parseval { .. }) {
+    let mut opt = Optimizer::new(plan.optimizer.clone(), params)?;
+    if matches!(plan.method, Method::Parseval { .. }) {
         // The authors' ParsevalWeightDecay hook: decay on the last layer's weight and bias only.
         let last = last_weight.id();
         let last_name = opt
@@ -189,7 +189,7 @@ pub fn train(
             .unwrap_or_default();
         opt.restrict_decay(|n| n == last_name || n == last_bias);
     }
-    let mut spectral = match &cfg.method {
+    let mut spectral = match &plan.method {
         Method::SpectralNorm { rate, scaling } => Some(SpectralNormHook::new(
             *rate,
             *scaling,
@@ -255,10 +255,11 @@ pub fn train(
                 .skip(if epoch == pos.epoch { pos.batch } else { 0 })
         {
             let step = epoch * steps_per_epoch + b + 1;
-            c = c_schedule(&cfg.method, (step - 1) as f64 / steps_per_epoch as f64);
-            let lr = lr_schedule(&cfg.optimizer, epoch);
+            let epoch_detail = (step - 1) as f64 / steps_per_epoch as f64;
+            c = c_schedule(&plan.method, epoch_detail);
+            let lr = lr_schedule(&plan.optimizer, epoch_detail);
             let (mut x, y) = batch_tensors(&data.train, idx, &device)?;
-            if let (Method::Adversarial { .. }, Some(adv)) = (&cfg.method, opts.adversary) {
+            if let (Method::Adversarial { .. }, Some(adv)) = (&plan.method, opts.adversary) {
                 // The authors' AT: the whole batch is replaced by its adversarials (no clean mix).
                 let labels: Vec<usize> =
                     idx.iter().map(|&i| data.train.labels[i] as usize).collect();
@@ -269,7 +270,7 @@ pub fn train(
             // Dropout masks from (seed, step): reproducible, and a resumed run needs no generator state.
             let ctx = Ctx::train(&vectors)
                 .with_seed(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
-            let (logits, loss) = match &cfg.method {
+            let (logits, loss) = match &plan.method {
                 Method::Plain
                 | Method::SpectralNorm { .. }
                 | Method::Parseval { .. }
@@ -310,7 +311,7 @@ pub fn train(
                 }
             };
             let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let lmt = matches!(cfg.method, Method::Lmt { .. });
+            let lmt = matches!(plan.method, Method::Lmt { .. });
             for (what, value, checked) in [
                 ("loss", loss_value, true),
                 ("Lipschitz estimate", estimate, lmt),
@@ -330,7 +331,7 @@ pub fn train(
                 hook.apply(&mut grads, opt.params())?;
             }
             opt.step(&grads, lr, cfg.weight_decay)?;
-            if let Method::Parseval { beta } = &cfg.method {
+            if let Method::Parseval { beta } = &plan.method {
                 parseval_step(opt.params(), &last_weight, *beta)?;
             }
             vectors.refresh(&grads)?;
@@ -372,6 +373,16 @@ pub fn train(
             }
         }
         bar.finish_and_clear();
+        if epoch + 1 == plan.epochs && plan.recalibrate_bn > 0 {
+            recalibrate_bn(
+                model,
+                &data.train,
+                n_train,
+                plan.recalibrate_bn,
+                cfg,
+                &device,
+            )?;
+        }
         let row = EpochLog {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -407,6 +418,29 @@ pub fn train(
         checkpoint: ckpt,
         position: pos,
     })
+}
+
+/// Re-estimates every BN layer's running statistics as the mean, over the first `images` training images
+/// of a fixed order (from the seed), of their batch statistics with dropout off: statistics gathered under
+/// dropout do not match the activations without it, which an undertrained network feels most. Runs
+/// before the last epoch's checkpoint is written, so a resumed run never skips it.
+pub fn recalibrate_bn(
+    model: &dyn Classifier,
+    set: &ImageSet,
+    n_train: usize,
+    images: usize,
+    cfg: &crate::TrainConfig,
+    device: &Device,
+) -> Result<()> {
+    let order = lmt_data::epoch_order(n_train, cfg.seed ^ 0xb17, 0);
+    let order = &order[..images.min(order.len())];
+    // Whole batches only, so every batch statistic weighs the same (one batch when there are fewer).
+    let batch = cfg.batch_size.min(order.len()).max(1);
+    for (k, idx) in order.chunks_exact(batch).enumerate() {
+        let (x, _) = batch_tensors(set, idx, device)?;
+        model.forward(&x, Lip::None, &Ctx::recalibrate_bn(k))?;
+    }
+    Ok(())
 }
 
 /// Refuses to overwrite the last good checkpoint with non-finite weights.

@@ -229,12 +229,52 @@ fn schedules_are_the_authors() {
     let nag = OptimizerConfig::Nesterov {
         lr: 0.01,
         momentum: 0.9,
-        drop_epochs: vec![80, 120],
+        drop_epochs: vec![80.0, 120.0],
         drop_ratio: 0.1,
     };
-    assert_eq!(lr_schedule(&nag, 79), 0.01);
-    assert!((lr_schedule(&nag, 80) - 1e-3).abs() < 1e-15);
-    assert!((lr_schedule(&nag, 150) - 1e-4).abs() < 1e-15);
+    assert_eq!(lr_schedule(&nag, 79.99), 0.01);
+    assert!((lr_schedule(&nag, 80.0) - 1e-3).abs() < 1e-15);
+    assert!((lr_schedule(&nag, 150.0) - 1e-4).abs() < 1e-15);
+}
+
+#[test]
+fn profiles_keep_the_schedules_shape_and_name_their_departures() {
+    let cfg = config(
+        "
+name: w
+dataset: svhn
+model: { kind: wide_resnet, depth: 10, width: 4, dropout: 0.4 }
+method: { kind: lmt, proposition: 2, capped: true, c: 0.01, c_start: 0.00001, warmup_epochs: 5 }
+optimizer: { kind: nesterov, lr: 0.01, momentum: 0.9, drop_epochs: [80, 120], drop_ratio: 0.1 }
+batch_size: 128
+epochs: 160
+profiles:
+  short: { epochs: 8, width: 1, lr: 0.1, recalibrate_bn: 4096 }
+  plain: { epochs: 16 }
+",
+    );
+    let paper = cfg.plan("paper").unwrap();
+    assert!(paper.departures.is_empty() && paper.recalibrate_bn == 0);
+    let p = cfg.plan("short").unwrap();
+    // Drops at 1/2 and 3/4 of training, c's warm-up over 5/160 of it.
+    let OptimizerConfig::Nesterov {
+        lr, drop_epochs, ..
+    } = &p.optimizer
+    else {
+        panic!("nesterov")
+    };
+    assert_eq!((*lr, drop_epochs.as_slice()), (0.1, &[4.0, 6.0][..]));
+    assert_eq!(lr_schedule(&p.optimizer, 3.99), 0.1);
+    assert!((lr_schedule(&p.optimizer, 4.0) - 0.01).abs() < 1e-15);
+    assert!(
+        (c_schedule(&p.method, 0.25) - 0.01).abs() < 1e-12,
+        "warm-up over 0.25 epochs"
+    );
+    assert!(c_schedule(&p.method, 0.125) < 0.0051);
+    assert_eq!(p.recalibrate_bn, 4096);
+    assert_eq!(p.departures.len(), 2, "{:?}", p.departures);
+    assert!(p.departures[0].contains("learning rate 0.1") && p.departures[1].contains("BN"));
+    assert!(cfg.plan("plain").unwrap().departures.is_empty());
 }
 
 #[test]
