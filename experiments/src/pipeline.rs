@@ -70,7 +70,7 @@ impl Budget {
             // configs' `overnight` profiles).
             "overnight" => Budget {
                 fig4_points: 10_000,
-                draws: 100,
+                draws: 20,
                 table1_points: 2_000,
                 table1_cw_points: 500,
                 cw_iterations: 100,
