@@ -10,8 +10,8 @@ use crate::DataArgs;
 /// Flags shared by fig3, fig4, fig5, curves, table1 and reproduce.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AnalysisArgs {
-    /// Budget profile: smoke, quick or paper (anything but paper is REDUCED and says so).
-    #[arg(long, default_value = "quick")]
+    /// Budget profile: smoke, quick, overnight or paper (anything but paper is REDUCED and says so).
+    #[arg(long, default_value = "quick", value_parser = PROFILES)]
     pub profile: String,
     /// Root of the result tables (written to <results>/<profile>/).
     #[arg(long, default_value = "results")]
@@ -29,6 +29,9 @@ pub struct AnalysisArgs {
     #[command(flatten)]
     pub data: DataArgs,
 }
+
+/// The profiles: every config has them (`paper` is the config as written).
+pub const PROFILES: [&str; 4] = ["smoke", "quick", "overnight", "paper"];
 
 /// How much of the test set each analysis uses, per profile (training budgets live in the configs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -148,6 +151,7 @@ pub fn ensure_trained(a: &AnalysisArgs, config: &str) -> Result<PathBuf> {
         profile: a.profile.clone(),
         out: Some(out.clone()),
         resume: true,
+        force: false,
         stop_after_steps: None,
         no_progress: false,
         data: a.data.clone(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use lmt_analysis::write_atomic;
 use lmt_models::Classifier;
@@ -18,15 +18,19 @@ pub struct TrainArgs {
     /// Config name in experiments/configs/ (e.g. mnist_lmt_c1) or a path to a YAML file.
     #[arg(long)]
     pub config: String,
-    /// Budget profile: smoke, quick or paper.
-    #[arg(long, default_value = "quick")]
+    /// Budget profile: smoke, quick, overnight or paper.
+    #[arg(long, default_value = "quick", value_parser = crate::pipeline::PROFILES)]
     pub profile: String,
     /// Output directory (default results/<profile>/<config name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue from <out>/checkpoint.safetensors.
+    /// Continue from <out>/checkpoint.safetensors (refused if the config or profile differs from the
+    /// run's config.yaml).
     #[arg(long)]
     pub resume: bool,
+    /// Start over in an output directory that already holds a run (its checkpoint and log are replaced).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// Stop after this many steps (with a checkpoint); resume later with --resume.
     #[arg(long)]
     pub stop_after_steps: Option<usize>,
@@ -49,6 +53,32 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("results").join(&plan.profile).join(&cfg.name));
     let ckpt = out.join("checkpoint.safetensors");
+    let resolved = serde_norway::to_string(&plan)?;
+    let has_run = ckpt.is_file() || out.join("log.csv").is_file();
+    if has_run && !args.resume && !args.force {
+        bail!(
+            "{} already holds a run; pass --resume to continue it or --force to start over (its checkpoint and log are replaced)",
+            out.display()
+        );
+    }
+    if args.resume && ckpt.is_file() {
+        if let Ok(old) = std::fs::read_to_string(out.join("config.yaml")) {
+            if old != resolved {
+                let diff: Vec<String> = resolved
+                    .lines()
+                    .zip(old.lines().chain(std::iter::repeat("")))
+                    .filter(|(a, b)| a != b)
+                    .take(5)
+                    .map(|(a, b)| format!("now `{}`, was `{}`", a.trim(), b.trim()))
+                    .collect();
+                bail!(
+                    "{}: --resume with another config or profile than the run's ({}); use another --out, or --force to start over",
+                    out.display(),
+                    diff.join("; ")
+                );
+            }
+        }
+    }
     let mut earlier_seconds = 0.0;
     if args.resume && ckpt.is_file() {
         let pos = lmt_train::checkpoint::position(&ckpt)?;
@@ -71,7 +101,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg.seed,
         matches!(cfg.method, lmt_train::Method::Parseval { .. }),
     )?;
-    let resolved = serde_norway::to_string(&plan)?;
     write_atomic(&out.join("config.yaml"), resolved.as_bytes())?;
     eprintln!(
         "training {} ({} profile{}) on {}: {} epochs, writing to {}",

@@ -291,12 +291,19 @@ fn unknown_config_and_bad_flags_give_clear_errors() {
         !r.status.success() && err.contains("no_such_config") && err.contains("mnist_lmt_c1"),
         "{err}"
     );
-    let r = experiments(&["train", "--config", "mnist_naive", "--profile", "nope"]);
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(
-        !r.status.success() && err.contains("profiles") && err.contains("nope"),
-        "{err}"
-    );
+    // Profiles are checked when the command line is parsed, by every command that takes one.
+    for cmd in ["train", "fig4", "reproduce"] {
+        let mut args = vec![cmd, "--profile", "smok"];
+        if cmd == "train" {
+            args.extend(["--config", "mnist_naive"]);
+        }
+        let r = experiments(&args);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains("smok") && err.contains("overnight"),
+            "{cmd}: {err}"
+        );
+    }
     let r = experiments(&[
         "certify",
         "--checkpoint",
@@ -360,7 +367,43 @@ fn smoke_wide_resnet_on_svhn_format_files() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let csv = std::fs::read_to_string(out.path().join("certificates.csv")).unwrap();
     assert_eq!(csv.lines().count(), 9);
+    // A run directory is never overwritten unasked, and never resumed with another config.
+    let again = [
+        "train",
+        "--config",
+        "svhn_lmt_c001",
+        "--profile",
+        "smoke",
+        "--svhn-dir",
+        s,
+        "--out",
+        o,
+    ];
+    let r = experiments(&again);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("already holds a run") && err.contains("--force"),
+        "{err}"
+    );
+    let r = experiments(&[
+        "train",
+        "--config",
+        "svhn_weight_decay",
+        "--profile",
+        "smoke",
+        "--svhn-dir",
+        s,
+        "--out",
+        o,
+        "--resume",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("another config") && err.contains("svhn_weight_decay"),
+        "{err}"
+    );
     // Without --svhn-dir the run says what it needs.
+    let fresh = tempfile::tempdir().unwrap();
     let r = experiments(&[
         "train",
         "--config",
@@ -368,7 +411,7 @@ fn smoke_wide_resnet_on_svhn_format_files() {
         "--profile",
         "smoke",
         "--out",
-        o,
+        fresh.path().to_str().unwrap(),
     ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("--svhn-dir"), "{err}");
