@@ -138,6 +138,13 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         c.bound_seconds,
         CertifySummary::of(&c.rows),
     );
+    let summary = if c.l.method().is_probabilistic() {
+        format!(
+            "{summary}WARNING: a layer was bounded by power iteration, so these radii are PROBABILISTIC: they hold only if a random start had enough weight on the top singular vector (use --method dense or fft for deterministic bounds)\n"
+        )
+    } else {
+        summary
+    };
     print!("{summary}");
     write_atomic(&out_dir.join("certify_summary.txt"), summary.as_bytes())?;
     let reduced = s.reduced || n < s.data.test.len();

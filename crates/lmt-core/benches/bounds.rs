@@ -84,7 +84,7 @@ fn main() {
         let k = he(&mut rng, &g);
         let (b, t) = timed(|| norms::conv_dense(&g, &k).unwrap());
         println!("{name}: {:.4} in {t:.2} s", b.value());
-        total = total.then(b);
+        total = total.then(b).unwrap();
     }
     for (name, out, inp) in [("fc1", 100, 1568), ("fc2", 10, 100)] {
         let s = (1.0 / inp as f64).sqrt();
@@ -93,7 +93,7 @@ fn main() {
             .collect();
         let (b, t) = timed(|| norms::linear_dense(&w, out, inp).unwrap());
         println!("{name}: {:.4} in {t:.3} s", b.value());
-        total = total.then(b);
+        total = total.then(b).unwrap();
     }
     println!(
         "whole network: {total} in {:.2} s\n",

@@ -17,6 +17,16 @@
 //! // Nor can one be made from a bare number outside lmt-core.
 //! let _ = lmt_core::CertifiedBound { value: 1.0, method: lmt_core::BoundMethod::Dense };
 //! ```
+//!
+//! ```compile_fail
+//! // Nor from a lower bound by way of a "constant": closed forms are named norms in `norms`.
+//! let lower = lmt_core::LowerBound(1.0);
+//! let _ = lmt_core::CertifiedBound::constant(lower.0);
+//! ```
+//!
+//! Outside this crate a `CertifiedBound` comes from a named norm of an operator's parameters in
+//! [`crate::norms`] (or is the identity's, [`CertifiedBound::one`], where a carried product starts), and
+//! from the combination rules, which refuse a non-finite result.
 
 use std::fmt;
 
@@ -26,8 +36,9 @@ use std::fmt;
 pub enum BoundMethod {
     /// Largest singular value of the exact operator matrix (exact up to a rounding margin).
     Dense,
-    /// Power iteration on the operator and its exact adjoint, plus the Thm. 2 correction (sound with
-    /// probability at least 1 - (sqrt(2/pi))^starts).
+    /// Power iteration on the operator and its exact adjoint, plus the Thm. 2 correction: PROBABILISTIC,
+    /// sound only if a random start has enough weight on the top singular vector (the seed is fixed, so
+    /// the probability is over nothing the user controls).
     Power,
     /// Largest singular value over the per-frequency matrices of the kernel's DFT on a circular grid
     /// that embeds the padded input (deterministic, never below the exact norm).
@@ -41,8 +52,10 @@ pub enum BoundMethod {
     PeckReconstructed,
     /// A closed form that is exact (ReLU, BN at inference, pooling by Thm. 3, a known scalar).
     ClosedForm,
-    /// A combination of layers bounded by different methods.
+    /// A combination of layers bounded by different deterministic methods.
     Mixed,
+    /// A combination in which some layer was bounded by `Power`: probabilistic as a whole.
+    MixedProbabilistic,
 }
 
 impl BoundMethod {
@@ -50,14 +63,20 @@ impl BoundMethod {
     pub fn name(self) -> &'static str {
         match self {
             BoundMethod::Dense => "dense",
-            BoundMethod::Power => "power",
+            BoundMethod::Power => "power (probabilistic)",
             BoundMethod::Fft => "fft",
             BoundMethod::Cor1 => "cor1",
             BoundMethod::Cisse => "cisse",
             BoundMethod::PeckReconstructed => "peck-reconstructed",
             BoundMethod::ClosedForm => "closed-form",
             BoundMethod::Mixed => "mixed",
+            BoundMethod::MixedProbabilistic => "mixed with power (probabilistic)",
         }
+    }
+
+    /// Whether a bound by this method holds only with some probability (power iteration).
+    pub fn is_probabilistic(self) -> bool {
+        matches!(self, BoundMethod::Power | BoundMethod::MixedProbabilistic)
     }
 
     /// The method of a combination: closed forms take the other side's method; two different
@@ -66,6 +85,9 @@ impl BoundMethod {
         match (self, other) {
             (BoundMethod::ClosedForm, m) | (m, BoundMethod::ClosedForm) => m,
             (a, b) if a == b => a,
+            (a, b) if a.is_probabilistic() || b.is_probabilistic() => {
+                BoundMethod::MixedProbabilistic
+            }
             _ => BoundMethod::Mixed,
         }
     }
@@ -101,11 +123,6 @@ impl CertifiedBound {
         }
     }
 
-    /// The bound of multiplication by a known constant `factor`: |factor|. Errors on NaN or infinity.
-    pub fn constant(factor: f64) -> crate::Result<Self> {
-        CertifiedBound::new(factor.abs(), BoundMethod::ClosedForm)
-    }
-
     /// The bound's value.
     pub fn value(&self) -> f64 {
         self.value
@@ -116,36 +133,28 @@ impl CertifiedBound {
         self.method
     }
 
-    /// Composition `g(f(x))` where `self` bounds f and `next` bounds g: the product.
-    pub fn then(self, next: CertifiedBound) -> Self {
-        CertifiedBound {
-            value: self.value * next.value,
-            method: self.method.join(next.method),
-        }
+    /// Composition `g(f(x))` where `self` bounds f and `next` bounds g: the product. An overflow to
+    /// infinity is an error, never a bound.
+    pub fn then(self, next: CertifiedBound) -> crate::Result<Self> {
+        CertifiedBound::new(self.value * next.value, self.method.join(next.method))
     }
 
     /// Sum `f(x) + g(x)` (residual addition): the sum of the bounds.
-    pub fn plus(self, other: CertifiedBound) -> Self {
-        CertifiedBound {
-            value: self.value + other.value,
-            method: self.method.join(other.method),
-        }
+    pub fn plus(self, other: CertifiedBound) -> crate::Result<Self> {
+        CertifiedBound::new(self.value + other.value, self.method.join(other.method))
     }
 
     /// The larger of two bounds of the same map (e.g. the blocks of a block-diagonal operator).
-    pub fn max(self, other: CertifiedBound) -> Self {
-        CertifiedBound {
-            value: self.value.max(other.value),
-            method: self.method.join(other.method),
-        }
+    pub fn max(self, other: CertifiedBound) -> crate::Result<Self> {
+        CertifiedBound::new(self.value.max(other.value), self.method.join(other.method))
     }
 
     /// Concatenation `(f(x), g(x))`: sqrt(L_f^2 + L_g^2).
-    pub fn concat(self, other: CertifiedBound) -> Self {
-        CertifiedBound {
-            value: self.value.hypot(other.value),
-            method: self.method.join(other.method),
-        }
+    pub fn concat(self, other: CertifiedBound) -> crate::Result<Self> {
+        CertifiedBound::new(
+            self.value.hypot(other.value),
+            self.method.join(other.method),
+        )
     }
 }
 
@@ -168,14 +177,30 @@ mod tests {
     fn combination_rules_and_methods() {
         let d = CertifiedBound::new(2.0, BoundMethod::Dense).unwrap();
         let f = CertifiedBound::new(3.0, BoundMethod::Fft).unwrap();
+        let p = CertifiedBound::new(5.0, BoundMethod::Power).unwrap();
         let one = CertifiedBound::one();
-        assert_eq!(d.then(one).method(), BoundMethod::Dense);
-        assert_eq!(d.then(f).value(), 6.0);
-        assert_eq!(d.then(f).method(), BoundMethod::Mixed);
-        assert_eq!(d.plus(d).value(), 4.0);
-        assert!((d.concat(f).value() - 13f64.sqrt()).abs() < 1e-15);
-        assert_eq!(CertifiedBound::constant(-0.5).unwrap().value(), 0.5);
-        assert!(CertifiedBound::constant(f64::NAN).is_err());
+        assert_eq!(d.then(one).unwrap().method(), BoundMethod::Dense);
+        assert_eq!(d.then(f).unwrap().value(), 6.0);
+        assert_eq!(d.then(f).unwrap().method(), BoundMethod::Mixed);
+        assert_eq!(d.plus(d).unwrap().value(), 4.0);
+        assert!((d.concat(f).unwrap().value() - 13f64.sqrt()).abs() < 1e-15);
+        assert!(CertifiedBound::new(f64::NAN, BoundMethod::ClosedForm).is_err());
         assert!(CertifiedBound::new(-1.0, BoundMethod::Dense).is_err());
+        // A probabilistic factor makes the whole probabilistic, and every output says so.
+        let m = d.then(p).unwrap().then(f).unwrap();
+        assert_eq!(m.method(), BoundMethod::MixedProbabilistic);
+        assert!(
+            m.method().name().contains("probabilistic")
+                && p.method().name().contains("probabilistic")
+        );
+        // Overflow is an error, not an infinite bound.
+        let huge = CertifiedBound::new(1e200, BoundMethod::Dense).unwrap();
+        assert!(huge.then(huge).is_err() && huge.then(one).is_ok());
+        assert!(CertifiedBound::new(f64::MAX, BoundMethod::Dense)
+            .unwrap()
+            .plus(huge)
+            .is_ok());
+        let max = CertifiedBound::new(f64::MAX, BoundMethod::Dense).unwrap();
+        assert!(max.plus(max).is_err() && max.concat(max).is_err());
     }
 }

@@ -128,7 +128,13 @@ fn certify_rows(
             let z = &logits[b * classes..][..classes];
             let (margin, prediction, radius) = match margin_of(z, t) {
                 None => (f64::NAN, None, 0.0),
-                Some((m, p)) if m > 0.0 => (m, Some(p), radius(z, t, m)),
+                // A radius that is not a number (which finite inputs cannot produce) is never
+                // counted as certified.
+                Some((m, p)) if m > 0.0 => (
+                    m,
+                    Some(p),
+                    Some(radius(z, t, m)).filter(|r| *r >= 0.0).unwrap_or(0.0),
+                ),
                 Some((m, p)) => (m, Some(p), 0.0),
             };
             Certificate {

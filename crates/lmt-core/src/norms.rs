@@ -130,6 +130,15 @@ pub fn thm2_correction(r: f64, delta: f64, n: usize) -> f64 {
     (d + (d * (4.0 * r + d)).sqrt()) / 2.0
 }
 
+/// The change between two computed estimates that rounding alone can hide: each `R = ‖A^T A x‖` is a
+/// sum of at most `n` products per entry, so its relative error is below `n` machine epsilons, and a
+/// computed change of 0 says only that the true change is below `2 n eps R`. Thm. 2 is applied to
+/// `|delta|` plus this, so an iteration stalled by rounding (a spectral gap below the precision) never
+/// yields the bare estimate.
+pub fn rounding_allowance(r: f64, n: usize) -> f64 {
+    2.0 * n as f64 * f64::EPSILON * r.abs()
+}
+
 /// What a certified power iteration found.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PowerOutcome {
@@ -179,7 +188,8 @@ pub fn power_bound(
             let mut worst_rel: f64 = 0.0;
             upper = 0.0;
             for s in 0..b {
-                let err = thm2_correction(r[s], r[s] - r_prev[s], n);
+                let delta = (r[s] - r_prev[s]).abs() + rounding_allowance(r[s], n);
+                let err = thm2_correction(r[s], delta, n);
                 upper = upper.max(r[s] + err);
                 worst_rel = worst_rel.max(if r[s] > 0.0 { err / r[s] } else { 0.0 });
             }

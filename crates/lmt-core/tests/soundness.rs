@@ -367,3 +367,35 @@ fn linear_dense_and_power_agree_with_svd() {
     let dense = norms::linear_dense(&w, out, inp).unwrap().value();
     assert!((dense - truth).abs() < 1e-9 * truth && dense >= truth);
 }
+
+#[test]
+fn power_never_returns_the_bare_estimate_when_rounding_stalls_the_iteration() {
+    // diag(1, 1 - 1e-8, ..., 1 - 1e-8) on 300 coordinates, a near-tie at the top: the iteration's change
+    // rounds to 0 in f64 long before the estimate reaches the true norm 1.
+    let n = 300;
+    let d: Vec<f64> = (0..n)
+        .map(|i| if i == 0 { 1.0 } else { 1.0 - 1e-8 })
+        .collect();
+    let gram = |x: &[f64], b: usize| -> Vec<f64> {
+        (0..b * n).map(|k| d[k % n] * d[k % n] * x[k]).collect()
+    };
+    let mut lowest = f64::INFINITY;
+    for seed in 0..40 {
+        let cfg = PowerConfig {
+            starts: 1,
+            seed,
+            ..PowerConfig::default()
+        };
+        let out = norms::power_bound(n, gram, &cfg).unwrap();
+        lowest = lowest.min(out.bound.value());
+        assert!(
+            out.bound.value() >= 1.0,
+            "seed {seed}: power gave {} below the true norm 1 after {} iterations",
+            out.bound.value(),
+            out.iterations
+        );
+        assert!(out.lower.0 <= 1.0 && out.bound.value() < 1.0 + 1e-4);
+        assert!(out.bound.method().is_probabilistic());
+    }
+    eprintln!("lowest bound over 40 seeds: {lowest:.12}");
+}

@@ -52,11 +52,47 @@ pub fn load_idx_dir(dir: &Path, set: IdxSet) -> Result<Dataset> {
     let train = load_split(dir, set, "train", &mut files)?;
     let test = load_split(dir, set, "t10k", &mut files)?;
     Ok(Dataset {
-        name: set.name().to_string(),
+        name: name_by_digest(set, dir, &files),
         train,
         test,
         files,
     })
+}
+
+/// The data set's name as its digests say: the official set asked for, the other official 28x28 set
+/// (files of one given as the other), or files of the format only, named by their directory.
+fn name_by_digest(set: IdxSet, dir: &Path, files: &[FileDigest]) -> String {
+    let official = |name: &str| {
+        files.iter().all(|f| {
+            let file = f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().trim_end_matches(".gz").to_string());
+            KNOWN_SHA256
+                .iter()
+                .any(|(s, n, d)| *s == name && Some(n.to_string()) == file && *d == f.digest)
+        })
+    };
+    let other = match set {
+        IdxSet::Mnist => IdxSet::FashionMnist,
+        IdxSet::FashionMnist => IdxSet::Mnist,
+    };
+    if official(set.name()) {
+        set.name().to_string()
+    } else if official(other.name()) {
+        format!(
+            "{} (the official files, given as {})",
+            other.name(),
+            set.name()
+        )
+    } else {
+        format!(
+            "{}-format files from {} (not the official {} set)",
+            set.name(),
+            dir.display(),
+            set.name()
+        )
+    }
 }
 
 /// Loads MNIST from `dir` (see [`MNIST_DEFAULT_DIR`]).

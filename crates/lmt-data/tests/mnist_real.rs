@@ -82,3 +82,34 @@ fn fashion_mnist_has_balanced_classes_and_known_mean() {
         d.train.mean_pixel()
     );
 }
+
+#[test]
+fn data_sets_are_named_by_their_digests_not_by_the_flag() {
+    let mnist = common::mnist_dir();
+    if !common::available(&mnist, "MNIST", "run `make data`") {
+        return;
+    }
+    assert_eq!(lmt_data::load_mnist(&mnist).unwrap().name, "mnist");
+    // Tiny MNIST-format files are MNIST-format files, not MNIST.
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(dir.path(), 20);
+    let name = lmt_data::load_mnist(dir.path()).unwrap().name;
+    assert!(
+        name.contains("not the official mnist set")
+            && name.contains(&dir.path().display().to_string()),
+        "{name}"
+    );
+    // Fashion-MNIST passed where MNIST is expected is named Fashion-MNIST.
+    let fashion = std::path::Path::new(lmt_data::FASHION_DEFAULT_DIR);
+    if common::available(
+        fashion,
+        "Fashion-MNIST",
+        "apt-get install dataset-fashion-mnist",
+    ) {
+        let name = lmt_data::load_mnist(fashion).unwrap().name;
+        assert!(
+            name.starts_with("fashion-mnist (the official files, given as mnist)"),
+            "{name}"
+        );
+    }
+}

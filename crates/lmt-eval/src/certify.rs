@@ -184,7 +184,11 @@ pub struct CertifySummary {
 impl CertifySummary {
     /// The summary of certificate rows.
     pub fn of(rows: &[CertificateRow]) -> Self {
-        let radii: Vec<f64> = rows.iter().map(|r| r.radius).collect();
+        // A radius that is not finite (from a file, say) counts as 0 here, never as large.
+        let radii: Vec<f64> = rows
+            .iter()
+            .map(|r| if r.radius.is_finite() { r.radius } else { 0.0 })
+            .collect();
         CertifySummary {
             clean: Proportion::count(rows.iter().map(|r| r.prediction == Some(r.label))),
             median_radius: median(&radii),

@@ -183,6 +183,30 @@ mod tests {
     }
 
     #[test]
+    fn a_non_finite_radius_counts_as_zero_in_the_summary_median() {
+        let row = |i: usize, r: f64| crate::CertificateRow {
+            index: i,
+            label: 0,
+            prediction: Some(0),
+            margin: 1.0,
+            radius: r,
+            proposition: "prop2".into(),
+            bound_method: "dense".into(),
+        };
+        let rows = [row(0, f64::NAN), row(1, f64::INFINITY), row(2, 0.5)];
+        let s = crate::CertifySummary::of(&rows);
+        assert_eq!(
+            s.median_radius, 0.0,
+            "NaN and infinity count as 0: median of (0, 0, 0.5)"
+        );
+        assert_eq!(
+            (s.certified[1].0, s.certified[1].1.k),
+            (0.2, 1),
+            "and certify nothing"
+        );
+    }
+
+    #[test]
     fn wilson_interval_matches_published_values() {
         // Wilson (1927) / Newcombe (1998) table: 81 of 263 gives 0.2553 to 0.3662; 0 of 10 gives
         // 0 to 0.2775; 10 of 10 gives 0.7225 to 1.

@@ -232,7 +232,7 @@ pub fn grouped_certified(
     for k in kernel.chunks(per) {
         let b = conv_certified(g, k, method)?;
         best = Some(match best {
-            Some(a) => a.max(b),
+            Some(a) => a.max(b)?,
             None => b,
         });
     }

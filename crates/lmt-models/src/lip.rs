@@ -43,7 +43,7 @@ impl Lip {
         Ok(match self {
             Lip::None => Lip::None,
             Lip::Estimate(e) => Lip::Estimate(e.then(&estimate()?)?),
-            Lip::Certified(c) => Lip::Certified(c.then(certified()?)),
+            Lip::Certified(c) => Lip::Certified(c.then(certified()?)?),
         })
     }
 
@@ -57,7 +57,7 @@ impl Lip {
                 let f = factor
                     .to_dtype(candle_core::DType::F64)?
                     .to_scalar::<f64>()?;
-                Lip::Certified(c.then(CertifiedBound::constant(f)?))
+                Lip::Certified(c.then(lmt_core::norms::elementwise_scale(&[f])?)?)
             }
         })
     }
@@ -67,7 +67,7 @@ impl Lip {
         Ok(match (self, other) {
             (Lip::None, Lip::None) => Lip::None,
             (Lip::Estimate(a), Lip::Estimate(b)) => Lip::Estimate(a.plus(&b)?),
-            (Lip::Certified(a), Lip::Certified(b)) => Lip::Certified(a.plus(b)),
+            (Lip::Certified(a), Lip::Certified(b)) => Lip::Certified(a.plus(b)?),
             _ => return Err(crate::ModelError::MixedLip),
         })
     }
@@ -77,7 +77,7 @@ impl Lip {
         Ok(match (self, other) {
             (Lip::None, Lip::None) => Lip::None,
             (Lip::Estimate(a), Lip::Estimate(b)) => Lip::Estimate(a.concat(&b)?),
-            (Lip::Certified(a), Lip::Certified(b)) => Lip::Certified(a.concat(b)),
+            (Lip::Certified(a), Lip::Certified(b)) => Lip::Certified(a.concat(b)?),
             _ => return Err(crate::ModelError::MixedLip),
         })
     }
