@@ -59,11 +59,32 @@ impl Built {
         v
     }
 
-    /// Loads the parameters of a checkpoint written by `train`.
+    /// Loads the parameters of a checkpoint written by `train`; a tensor missing, of another shape, or
+    /// unknown to this model (a checkpoint of another network) is an error.
     pub fn load(&self, checkpoint: &Path) -> Result<()> {
         let map = candle_core::safetensors::load(checkpoint, &Device::Cpu)
             .with_context(|| format!("reading checkpoint {} (expected the checkpoint.safetensors written by `experiments train`)", checkpoint.display()))?;
-        for (name, var) in self.params().into_iter().chain(self.model.buffers()) {
+        let wanted: Vec<(String, Var)> = self
+            .params()
+            .into_iter()
+            .chain(self.model.buffers())
+            .collect();
+        let state = ["optim.", "power.", "meta.", "snreg."];
+        let mut unknown: Vec<&String> = map
+            .keys()
+            .filter(|k| {
+                !state.iter().any(|p| k.starts_with(p)) && !wanted.iter().any(|(n, _)| n == *k)
+            })
+            .collect();
+        unknown.sort();
+        if !unknown.is_empty() {
+            bail!(
+                "{}: tensors {:?} are not part of this network; was it written for another model?",
+                checkpoint.display(),
+                &unknown[..unknown.len().min(5)]
+            );
+        }
+        for (name, var) in wanted {
             let t = map.get(&name).with_context(|| {
                 format!(
                     "{}: no tensor `{name}`; was it written for another model?",
@@ -103,27 +124,82 @@ pub struct Trained {
     pub dir: PathBuf,
 }
 
-/// Rebuilds the model of `checkpoint` from its `config.yaml` and loads its weights.
+/// The resolved run as `train` records it (config.yaml beside the checkpoint, and the checkpoint's own
+/// metadata).
+#[derive(serde::Deserialize, PartialEq)]
+struct Resolved {
+    config: TrainConfig,
+    profile: String,
+    model: ModelConfig,
+    reduced: bool,
+    #[serde(default)]
+    departures: Vec<String>,
+}
+
+/// Rebuilds the model of `checkpoint` and loads its weights. The network comes from the checkpoint's
+/// own metadata (so the file alone suffices) and from the `config.yaml` beside it; when both exist they
+/// must agree, so a config that describes another network (a flipped `avg_pool_shortcut`, a Parseval run
+/// read as plain) is an error, not a silently different model.
 pub fn load_trained(checkpoint: &Path) -> Result<Trained> {
     let dir = checkpoint.parent().map(PathBuf::from).unwrap_or_default();
     let cfg_path = dir.join("config.yaml");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
-        format!(
-            "reading {} (written by `experiments train` beside its checkpoint)",
-            cfg_path.display()
-        )
-    })?;
-    #[derive(serde::Deserialize)]
-    struct Resolved {
-        config: TrainConfig,
-        profile: String,
-        model: ModelConfig,
-        reduced: bool,
-        #[serde(default)]
-        departures: Vec<String>,
+    if !checkpoint.is_file() {
+        bail!(
+            "{}: no such checkpoint (pass the checkpoint.safetensors written by `experiments train`, with its config.yaml beside it)",
+            checkpoint.display()
+        );
     }
-    let resolved: Resolved =
-        serde_norway::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let meta = lmt_train::checkpoint::metadata(checkpoint)?;
+    let embedded = meta
+        .get(lmt_train::checkpoint::PLAN_KEY)
+        .map(|json| -> Result<(String, Resolved)> {
+            let r = serde_norway::from_str(json).with_context(|| {
+                format!(
+                    "{}: unreadable run description in its metadata",
+                    checkpoint.display()
+                )
+            })?;
+            Ok((json.clone(), r))
+        })
+        .transpose()?;
+    let beside = match std::fs::read_to_string(&cfg_path) {
+        Ok(text) => {
+            let r: Resolved = serde_norway::from_str(&text)
+                .with_context(|| format!("parsing {}", cfg_path.display()))?;
+            Some((text, r))
+        }
+        Err(_) => None,
+    };
+    let (text, resolved) = match (embedded, beside) {
+        (Some((_, e)), Some((text, b))) => {
+            let differs: Vec<&str> = [
+                ("network", e.model != b.model || e.config.model != b.config.model),
+                ("method", e.config.method != b.config.method),
+                ("data set", e.config.dataset != b.config.dataset),
+                ("config name", e.config.name != b.config.name),
+                ("profile", e.profile != b.profile),
+            ]
+            .into_iter()
+            .filter_map(|(what, d)| d.then_some(what))
+            .collect();
+            if !differs.is_empty() {
+                bail!(
+                    "{} does not describe {}: its {} differ from the run the checkpoint records; restore the run's config.yaml or retrain",
+                    cfg_path.display(),
+                    checkpoint.display(),
+                    differs.join(", ")
+                );
+            }
+            (text, b)
+        }
+        (Some(e), None) => e,
+        (None, Some(b)) => b,
+        (None, None) => bail!(
+            "reading {} (written by `experiments train` beside its checkpoint; {} records no run of its own)",
+            cfg_path.display(),
+            checkpoint.display()
+        ),
+    };
     let built = build(
         &resolved.model,
         resolved.config.seed,

@@ -15,15 +15,22 @@ fn experiments(args: &[&str]) -> std::process::Output {
 /// fixtures). Training is deterministic, so these change exactly when the numerics change: then the
 /// committed results under results/ no longer equal what the code produces, and must be regenerated
 /// (README, "Reproducing the paper") in the same commit that updates these values.
-const KW_SMOKE_SHA256: &str = "cd2516ad9bc94a2aa4e10b01afb5ff7b1e3b8f048d616603f1700edbd44970ec";
-const WRN_SMOKE_SHA256: &str = "7a3e10dbe9863c046dc5accb46505be16966eb6929c19e1b3e79ff35a34e049b";
+const KW_SMOKE_SHA256: &str = "65d81dc7ba99d78f2c2e7dc9602d53900f1fc8cc91137b8e427ecea3d7b953a1";
+const WRN_SMOKE_SHA256: &str = "3c877a0003b88cc698e6d0f8be82f3d35ad8052922d2a240207baed0fd79e1b4";
 
+/// SHA-256 over the checkpoint's tensors (names and bytes, in name order), not its metadata.
 fn pinned_digest(ckpt: &Path, want: &str) {
     use sha2::Digest;
-    let got: String = sha2::Sha256::digest(std::fs::read(ckpt).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let bytes = std::fs::read(ckpt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    let mut h = sha2::Sha256::new();
+    for n in names {
+        h.update(n.as_bytes());
+        h.update(st.tensor(n).unwrap().data());
+    }
+    let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
         got,
         want,
@@ -122,6 +129,18 @@ fn smoke_train_then_certify_writes_every_file() {
     }
     attacks_agree_with_certificates(dir.path(), &ckpt);
     export_then_import_certifies_the_same(dir.path(), &ckpt, &csv);
+    // The checkpoint alone says what it is: certify works without config.yaml beside it.
+    let alone = tempfile::tempdir().unwrap();
+    let copy = alone.path().join("checkpoint.safetensors");
+    std::fs::copy(&ckpt, &copy).unwrap();
+    let r = experiments(&[
+        "certify",
+        "--checkpoint",
+        copy.to_str().unwrap(),
+        "--test-subset",
+        "50",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
 /// `export` writes the checkpoint as ONNX; `certify --onnx` of that file gives the same certificates.
@@ -367,6 +386,43 @@ fn smoke_wide_resnet_on_svhn_format_files() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let csv = std::fs::read_to_string(out.path().join("certificates.csv")).unwrap();
     assert_eq!(csv.lines().count(), 9);
+    // A config.yaml that describes another network than the checkpoint's is refused, even when every
+    // tensor name would fit (avg_pool_shortcut flipped; the LMT run read as a Parseval one).
+    let cfg = out.path().join("config.yaml");
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let r = experiments(&[
+        "train",
+        "--config",
+        "svhn_weight_decay",
+        "--profile",
+        "smoke",
+        "--svhn-dir",
+        s,
+        "--out",
+        other.path().to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let foreign = std::fs::read_to_string(other.path().join("config.yaml")).unwrap();
+    let flipped = original.replace("avg_pool_shortcut: false", "avg_pool_shortcut: true");
+    assert_ne!(flipped, original);
+    for (text, what) in [(flipped, "network"), (foreign, "method")] {
+        std::fs::write(&cfg, text).unwrap();
+        let r = experiments(&[
+            "certify",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--svhn-dir",
+            s,
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains("does not describe") && err.contains(what),
+            "{err}"
+        );
+    }
+    std::fs::write(&cfg, original).unwrap();
     // A run directory is never overwritten unasked, and never resumed with another config.
     let again = [
         "train",

@@ -4,7 +4,9 @@
 //! `state_dict`, so PyTorch can load them with `strict=False`), `optim.m.<name>` / `optim.v.<name>`,
 //! `power.<layer>` (the persistent power-iteration vectors), and `meta.step` / `meta.epoch` /
 //! `meta.batch` (f64 scalars). Batch order and c schedule are pure functions of (seed, step), so no other
-//! random state exists. Written to a temporary file and renamed, so a crash never leaves half a file.
+//! random state exists. The file's metadata holds the resolved run (`lmt.plan`: the config after its
+//! profile, as JSON), so the checkpoint alone says which network it is. Written to a temporary file and
+//! renamed, so a crash never leaves half a file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,8 +28,12 @@ pub struct Position {
     pub batch: usize,
 }
 
+/// The metadata key holding the resolved run.
+pub const PLAN_KEY: &str = "lmt.plan";
+
 /// Writes a checkpoint atomically.
-/// `extra` holds further state under its own keys (e.g. `snreg.<name>` for the spectral-norm hook).
+/// `extra` holds further state under its own keys (e.g. `snreg.<name>` for the spectral-norm hook);
+/// `metadata` goes into the file's header (the resolved run under [`PLAN_KEY`]).
 pub fn save(
     path: &Path,
     opt: &Optimizer,
@@ -35,6 +41,7 @@ pub fn save(
     buffers: &[(String, Var)],
     extra: &[(String, Tensor)],
     pos: Position,
+    metadata: &HashMap<String, String>,
 ) -> Result<()> {
     let mut map: HashMap<String, Tensor> = extra.iter().cloned().collect();
     for (name, b) in buffers {
@@ -58,11 +65,30 @@ pub fn save(
         map.insert(k.to_string(), Tensor::new(v as f64, &dev)?);
     }
     let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&map, &tmp)?;
+    safetensors::serialize_to_file(&map, Some(metadata.clone()), &tmp).map_err(|e| {
+        TrainError::Checkpoint {
+            path: tmp.clone(),
+            detail: format!("cannot write: {e}"),
+        }
+    })?;
     std::fs::rename(&tmp, path).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The metadata of a checkpoint's header (empty for files written before it existed).
+pub fn metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        detail: format!("cannot read ({e})"),
+    })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            detail: format!("not a safetensors checkpoint ({e})"),
+        })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 /// Reads only the position stored in a checkpoint.

@@ -172,6 +172,12 @@ pub fn train(
     })?;
     let ckpt = out.join("checkpoint.safetensors");
     let log_path = out.join("log.csv");
+    // The resolved run travels in the checkpoint's metadata: the file alone says what network it is.
+    let plan_json = serde_json::to_string(plan).map_err(|e| TrainError::Config {
+        key: "plan".into(),
+        detail: format!("cannot be written as JSON: {e}"),
+    })?;
+    let meta = std::collections::HashMap::from([(checkpoint::PLAN_KEY.to_string(), plan_json)]);
     let vectors = PowerVectors::new(cfg.seed ^ 0x5eed);
     let mut opt = Optimizer::new(plan.optimizer.clone(), params)?;
     if matches!(plan.method, Method::Parseval { .. }) {
@@ -364,6 +370,7 @@ pub fn train(
                     &model.buffers(),
                     &extra_state(&spectral),
                     pos,
+                    &meta,
                     &mut last_ckpt,
                 )?;
             }
@@ -426,6 +433,7 @@ pub fn train(
             &model.buffers(),
             &extra_state(&spectral),
             pos,
+            &meta,
             &mut last_ckpt,
         )?;
         if opts.stop_after_steps == Some(pos.step) {
@@ -470,6 +478,7 @@ fn save_checked(
     buffers: &[(String, Var)],
     extra: &[(String, Tensor)],
     pos: Position,
+    meta: &std::collections::HashMap<String, String>,
     last: &mut String,
 ) -> Result<()> {
     for (_, p) in opt.params() {
@@ -489,7 +498,7 @@ fn save_checked(
             });
         }
     }
-    checkpoint::save(path, opt, vectors, buffers, extra, pos)?;
+    checkpoint::save(path, opt, vectors, buffers, extra, pos, meta)?;
     *last = path.display().to_string();
     Ok(())
 }
