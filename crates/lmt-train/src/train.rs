@@ -471,6 +471,7 @@ pub fn recalibrate_bn(
 }
 
 /// Refuses to overwrite the last good checkpoint with non-finite weights.
+#[allow(clippy::too_many_arguments)]
 fn save_checked(
     path: &Path,
     opt: &Optimizer,
