@@ -151,7 +151,24 @@ pub fn run(args: &AttackArgs) -> Result<()> {
         .clone()
         .unwrap_or(out_dir.join("certificates.csv"));
     let certs: Option<Vec<CertificateRow>> = if cert_path.is_file() {
-        Some(lmt_eval::read_csv_file(&cert_path)?)
+        // Certificates of another model would make the check meaningless: their manifest must name the
+        // model attacked here.
+        let recorded =
+            lmt_analysis::Manifest::provenance_at(&crate::pipeline::manifest_of(&cert_path));
+        match recorded {
+            Some(p) if p.model_sha256 == s.model_sha256 => {
+                Some(lmt_eval::read_csv_file(&cert_path)?)
+            }
+            Some(_) => bail!(
+                "{}: these certificates are of another model than {} (their manifest records another digest); certify this model first",
+                cert_path.display(),
+                s.name
+            ),
+            None => bail!(
+                "{}: no manifest records which model these certificates are of; certify this model again (experiments certify)",
+                cert_path.display()
+            ),
+        }
     } else if args.certificates.is_some() {
         bail!("--certificates {}: no such file", cert_path.display());
     } else {
@@ -227,6 +244,7 @@ pub fn run(args: &AttackArgs) -> Result<()> {
         s.reduced || n < s.data.test.len(),
         args.seed,
         started.elapsed().as_secs_f64(),
+        Some((spec.describe(), n)),
     )
     .write(&out_dir.join(format!("attack_{name}_manifest.json")))?;
     if !violations.is_empty() {

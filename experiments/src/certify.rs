@@ -69,6 +69,14 @@ pub struct CertifyArgs {
     pub data: DataArgs,
 }
 
+/// The computation `certify` records in its manifest, for reuse checks.
+pub fn step(method: MethodName, proposition: Option<u8>) -> String {
+    format!(
+        "certify, method {method:?}, proposition {}",
+        proposition.map_or("auto".to_string(), |p| p.to_string())
+    )
+}
+
 /// Writes `certificates.csv` (index, label, prediction, margin, radius, proposition, bound_method) and
 /// `certify_summary.txt`, and prints the summary.
 pub fn run(args: &CertifyArgs) -> Result<()> {
@@ -153,6 +161,7 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         reduced,
         s.seed,
         started.elapsed().as_secs_f64(),
+        Some((step(args.method, args.proposition), n)),
     )
     .write(&out_dir.join("certify_manifest.json"))?;
     Ok(())

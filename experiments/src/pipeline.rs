@@ -129,18 +129,42 @@ pub fn run_dir(a: &AnalysisArgs, config: &str) -> PathBuf {
     a.results.join(&a.profile).join(name)
 }
 
-/// True when `file` exists and is at least as new as `than`.
-fn fresh(file: &Path, than: &Path) -> bool {
-    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    matches!((m(file), m(than)), (Some(f), Some(t)) if f >= t)
+/// The manifest of a derived file: `certificates.csv` -> `certify_manifest.json`,
+/// `attack_<label>.csv` -> `attack_<label>_manifest.json`.
+pub fn manifest_of(file: &Path) -> PathBuf {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let name = match stem.as_str() {
+        "certificates" => "certify".to_string(),
+        other => other.to_string(),
+    };
+    file.with_file_name(format!("{name}_manifest.json"))
 }
 
-/// Whether a result file in a run directory belongs to the run's current checkpoint: it is at least as
-/// new as `<dir>/checkpoint.safetensors`, or there is no checkpoint (committed results on a fresh clone,
-/// where files carry checkout times). A file older than the checkpoint came from an earlier model.
+/// Whether a derived file in a run directory belongs to the run's current checkpoint: its manifest
+/// names the checkpoint's digest. Without a checkpoint (committed results on a fresh clone, whose
+/// checkpoints are not committed) the file stands as committed.
 pub fn current(file: &Path) -> bool {
     let ckpt = file.with_file_name("checkpoint.safetensors");
-    !ckpt.is_file() || fresh(file, &ckpt)
+    if !ckpt.is_file() {
+        return true;
+    }
+    let digest = lmt_analysis::file_sha256(&ckpt).ok();
+    lmt_analysis::Manifest::provenance_at(&manifest_of(file))
+        .is_some_and(|p| Some(p.model_sha256) == digest)
+}
+
+/// Whether `file` can be reused for `step` on `points` test points of `ckpt`: its manifest records this
+/// checkpoint's digest, the same computation and at least as many points.
+pub fn reusable(file: &Path, ckpt: &Path, step: &str, points: usize) -> bool {
+    let Ok(digest) = lmt_analysis::file_sha256(ckpt) else {
+        return false;
+    };
+    file.is_file()
+        && lmt_analysis::Manifest::provenance_at(&manifest_of(file))
+            .is_some_and(|p| p.model_sha256 == digest && p.step == step && p.points >= points)
 }
 
 /// Trains `config` under the profile (resuming; nothing to do when complete); returns the checkpoint.
@@ -160,59 +184,37 @@ pub fn ensure_trained(a: &AnalysisArgs, config: &str) -> Result<PathBuf> {
     Ok(out.join("checkpoint.safetensors"))
 }
 
-/// Certifies the first `points` test inputs of `ckpt` (all when `None`) unless certificates newer than
-/// the checkpoint cover them.
+/// Certifies the first `points` test inputs of `ckpt` (all when `None`) by `auto` and Prop. 2, unless
+/// certificates of this checkpoint, method and proposition cover them.
 pub fn ensure_certified(a: &AnalysisArgs, ckpt: &Path, points: Option<usize>) -> Result<()> {
     let dir = ckpt.parent().unwrap_or(Path::new("."));
-    let certs = dir.join("certificates.csv");
-    if fresh(&certs, ckpt) {
-        let rows = std::fs::read_to_string(&certs)
-            .map(|t| t.lines().count().saturating_sub(1))
-            .unwrap_or(0);
-        if points.is_some_and(|p| rows >= p)
-            || (points.is_none() && rows > 0 && rows_complete(ckpt, rows))
-        {
-            return Ok(());
+    let (method, proposition) = (crate::certify::MethodName::Auto, Some(2));
+    let n = match points {
+        Some(p) => p,
+        None => {
+            let t = crate::run::load_trained(ckpt)?;
+            crate::run::load_data(&t.config.dataset, &a.data)?
+                .test
+                .len()
         }
+    };
+    let step = crate::certify::step(method, proposition);
+    if reusable(&dir.join("certificates.csv"), ckpt, &step, n) {
+        return Ok(());
     }
     crate::certify::run(&crate::certify::CertifyArgs {
         model: crate::subject::ModelArgs::checkpoint(ckpt),
         out: None,
-        method: crate::certify::MethodName::Auto,
-        proposition: Some(2),
+        method,
+        proposition,
         test_subset: points.map(|p| p as u64),
         data: a.data.clone(),
     })
     .with_context(|| format!("certifying {}", ckpt.display()))
 }
 
-/// Whether `rows` certificates cover the whole test set of the run (its certify summary says how many).
-fn rows_complete(ckpt: &Path, rows: usize) -> bool {
-    let summary = ckpt.with_file_name("certify_summary.txt");
-    std::fs::read_to_string(summary)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .nth(1)
-                .and_then(|l| l.split_whitespace().next()?.parse::<usize>().ok())
-        })
-        .is_some_and(|n| n == rows && n >= 10_000)
-}
-
-/// The rows of `attack_<label>.csv` beside `ckpt`, if it is newer than the checkpoint.
-pub fn attack_rows(ckpt: &Path, label: &str) -> usize {
-    let dir = ckpt.parent().unwrap_or(Path::new("."));
-    let f = dir.join(format!("attack_{label}.csv"));
-    if !fresh(&f, ckpt) {
-        return 0;
-    }
-    std::fs::read_to_string(&f)
-        .map(|t| t.lines().count().saturating_sub(1))
-        .unwrap_or(0)
-}
-
-/// Runs an attack on the first `points` test inputs unless a result at least that large is on disk.
-/// `label` is the file label (`deepfool`, `deepfool_clip`, `cw`), `attack` the `--attack` value.
+/// Runs an attack on the first `points` test inputs unless a result of this checkpoint and attack
+/// covers them. `label` is the file label (`deepfool`, `deepfool_clip`, `cw`, `pgd_<epsilon>`).
 pub fn ensure_attacked(
     a: &AnalysisArgs,
     ckpt: &Path,
@@ -220,38 +222,76 @@ pub fn ensure_attacked(
     points: usize,
     configure: impl FnOnce(&mut crate::attack::AttackArgs),
 ) -> Result<()> {
-    if attack_rows(ckpt, label) >= points {
-        return Ok(());
-    }
     let mut args = crate::attack::AttackArgs::new(ckpt, label, a.data.clone());
     args.test_subset = Some(points as u64);
     configure(&mut args);
+    let dir = ckpt.parent().unwrap_or(Path::new("."));
+    if reusable(
+        &dir.join(format!("attack_{label}.csv")),
+        ckpt,
+        &args.spec()?.describe(),
+        points,
+    ) {
+        return Ok(());
+    }
     crate::attack::run(&args).with_context(|| format!("attacking {} ({label})", ckpt.display()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::current;
-    use std::time::{Duration, SystemTime};
+    use super::{current, manifest_of, reusable};
 
-    fn touch(path: &std::path::Path, age_s: u64) {
-        let f = std::fs::File::create(path).unwrap();
-        f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
-            .unwrap();
+    fn manifest(dir: &std::path::Path, name: &str, digest: &str, step: &str, points: usize) {
+        let m = lmt_analysis::Manifest {
+            experiment: "t".into(),
+            profile: "smoke".into(),
+            reduced: true,
+            config: String::new(),
+            git_revision: String::new(),
+            seed: 0,
+            dataset: "mnist".into(),
+            data_checksums: vec![],
+            machine: String::new(),
+            wall_seconds: 0.0,
+            command: String::new(),
+            model: None,
+            provenance: Some(lmt_analysis::Provenance {
+                model_sha256: digest.into(),
+                step: step.into(),
+                points,
+            }),
+        };
+        m.write(&dir.join(name)).unwrap();
     }
 
     #[test]
-    fn a_result_older_than_the_checkpoint_is_not_current() {
+    fn derived_files_are_reused_only_for_their_checkpoint_computation_and_points() {
         let dir = tempfile::tempdir().unwrap();
         let attack = dir.path().join("attack_cw.csv");
-        touch(&attack, 100);
-        assert!(current(&attack), "no checkpoint: committed results count");
-        touch(&dir.path().join("checkpoint.safetensors"), 50);
-        assert!(
-            !current(&attack),
-            "made before the checkpoint: an earlier model"
+        std::fs::write(&attack, "index\n").unwrap();
+        assert_eq!(
+            manifest_of(&attack),
+            dir.path().join("attack_cw_manifest.json")
         );
-        touch(&attack, 10);
-        assert!(current(&attack), "made after the checkpoint");
+        assert_eq!(
+            manifest_of(&dir.path().join("certificates.csv")),
+            dir.path().join("certify_manifest.json")
+        );
+        assert!(current(&attack), "no checkpoint: committed results count");
+        let ckpt = dir.path().join("checkpoint.safetensors");
+        std::fs::write(&ckpt, b"model A").unwrap();
+        let a = lmt_analysis::file_sha256(&ckpt).unwrap();
+        assert!(!current(&attack), "no manifest: unknown provenance");
+        manifest(dir.path(), "attack_cw_manifest.json", &a, "C&W 100", 500);
+        assert!(current(&attack));
+        assert!(reusable(&attack, &ckpt, "C&W 100", 200));
+        assert!(
+            !reusable(&attack, &ckpt, "C&W 100", 501),
+            "fewer points than asked"
+        );
+        assert!(!reusable(&attack, &ckpt, "C&W 30", 200), "another attack");
+        // Retraining (another checkpoint, even one written earlier) invalidates the file.
+        std::fs::write(&ckpt, b"model B").unwrap();
+        assert!(!current(&attack) && !reusable(&attack, &ckpt, "C&W 100", 200));
     }
 }

@@ -358,6 +358,7 @@ pub fn manifest(
         wall_seconds,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         model: None,
+        provenance: None,
     }
 }
 

@@ -76,6 +76,8 @@ pub struct Subject {
     pub dir: PathBuf,
     /// The model file and its digest, for imports.
     pub model_file: Option<String>,
+    /// SHA-256 of the checkpoint or model file: the key of every file derived from it.
+    pub model_sha256: String,
     /// The data.
     pub data: Dataset,
 }
@@ -98,6 +100,7 @@ impl Subject {
                 seed: t.config.seed,
                 dir: t.dir,
                 model_file: None,
+                model_sha256: lmt_analysis::file_sha256(ckpt)?,
                 data: d,
             });
         }
@@ -163,6 +166,7 @@ impl Subject {
                 path.display(),
                 imported.sha256
             )),
+            model_sha256: imported.sha256.clone(),
             data: d,
         })
     }
@@ -176,13 +180,15 @@ impl Subject {
         }
     }
 
-    /// The manifest of an output about this subject.
+    /// The manifest of an output about this subject; `step` and its points key a derived file (see
+    /// `lmt_analysis::Provenance`).
     pub fn manifest(
         &self,
         experiment: String,
         reduced: bool,
         seed: u64,
         wall: f64,
+        step: Option<(String, usize)>,
     ) -> lmt_analysis::Manifest {
         let mut m = manifest(
             experiment,
@@ -194,6 +200,11 @@ impl Subject {
             wall,
         );
         m.model = self.model_file.clone();
+        m.provenance = step.map(|(step, points)| lmt_analysis::Provenance {
+            model_sha256: self.model_sha256.clone(),
+            step,
+            points,
+        });
         m
     }
 }

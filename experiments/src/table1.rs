@@ -63,23 +63,32 @@ fn strongest_pgd(
     eps: f64,
 ) -> Result<()> {
     let dir = ckpt.parent().unwrap_or(Path::new("."));
-    let label = AttackSpec::Pgd(PgdConfig::new(eps, 1)).label();
-    if crate::pipeline::attack_rows(ckpt, &label) > 0 {
+    let mut cfg = PgdConfig::new(eps, budget.pgd_steps);
+    cfg.restarts = budget.pgd_restarts;
+    let spec = AttackSpec::Pgd(cfg.clone());
+    let label = spec.label();
+    let step = format!("{}, on the points C&W and DeepFool left", spec.describe());
+    let file = dir.join(format!("attack_{label}.csv"));
+    if crate::pipeline::reusable(&file, ckpt, &step, points) {
         return Ok(());
     }
+    let started = Instant::now();
     let worst = worst_by_index(dir, points)?;
     let todo: Vec<usize> = (0..points)
         .filter(|&i| worst[i].is_none_or(|d| robust_at(d, eps)))
         .collect();
     let s = crate::subject::Subject::load(&crate::subject::ModelArgs::checkpoint(ckpt), &a.data)?;
-    let mut cfg = PgdConfig::new(eps, budget.pgd_steps);
-    cfg.restarts = budget.pgd_restarts;
-    eprintln!("table1: PGD-L2 at {eps} ({} steps, {} restarts) on the {} of {points} points nothing broke yet", cfg.steps, cfg.restarts, todo.len());
+    eprintln!(
+        "table1: PGD-L2 at {eps} ({} steps, {} restarts) on the {} of {points} points nothing broke yet",
+        cfg.steps,
+        cfg.restarts,
+        todo.len()
+    );
     let mut rows = lmt_eval::attack(
         s.model.as_ref(),
         &s.data.test,
         &todo,
-        &AttackSpec::Pgd(cfg),
+        &spec,
         100,
         &mut |_, _| {},
     )?;
@@ -88,10 +97,16 @@ fn strongest_pgd(
     if !violations.is_empty() {
         bail!("SOUNDNESS VIOLATION: PGD at {eps} succeeded inside certified radii: {violations:?}");
     }
-    lmt_analysis::write_atomic(
-        &dir.join(format!("attack_{label}.csv")),
-        &lmt_eval::to_csv(&rows)?,
-    )?;
+    lmt_analysis::write_atomic(&file, &lmt_eval::to_csv(&rows)?)?;
+    let wall = started.elapsed().as_secs_f64();
+    s.manifest(
+        format!("attack {label} {}", s.name),
+        true,
+        cfg.seed,
+        wall,
+        Some((step, points)),
+    )
+    .write(&crate::pipeline::manifest_of(&file))?;
     Ok(())
 }
 

@@ -136,6 +136,7 @@ pub fn run(args: &TightnessArgs) -> Result<()> {
         reduced,
         s.seed,
         started.elapsed().as_secs_f64(),
+        None,
     )
     .write(&out.join("tightness_manifest.json"))?;
     if !violations.is_empty() {

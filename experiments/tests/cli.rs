@@ -560,6 +560,26 @@ fn onnx_models_certify_attack_and_tightness() {
         "{stdout}"
     );
 
+    // Certificates of another model are never used to check an attack.
+    let r = experiments(&[
+        "attack",
+        "--attack",
+        "deepfool",
+        "--test-subset",
+        "10",
+        "--onnx",
+        &fixture("depthwise_concat.onnx"),
+        "--dataset",
+        "mnist",
+        "--out",
+        out,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("of another model"),
+        "{err}"
+    );
+
     // Inputs that do not fit, and a missing data set, are errors that say what to do.
     let r = experiments(&[
         "certify",

@@ -16,6 +16,19 @@ mod table;
 
 pub use table::Table;
 
+/// SHA-256 of a file's bytes, hex (the key of derived files, see [`Provenance`]).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|source| AnalysisError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Failure to write an output.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -25,6 +38,14 @@ pub enum AnalysisError {
         "cannot write {path}: {source}; check that the directory is writable and the disk not full"
     )]
     Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file that cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
         /// The file.
         path: PathBuf,
         /// The cause.
@@ -87,6 +108,29 @@ pub struct Manifest {
     /// The model file evaluated and its digest, when it is not a checkpoint of this run (an ONNX import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// What a derived file was computed from; it is reused only when this matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// The key of a derived file (certificates, attack results): the model it was computed on, how, and on
+/// how many points. A pipeline reuses the file only when all three match what it would compute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// SHA-256 of the checkpoint or model file.
+    pub model_sha256: String,
+    /// The computation in words (bound method and proposition; the attack and its settings).
+    pub step: String,
+    /// Test points covered (the first `points` of the test set, or those listed in the file).
+    pub points: usize,
+}
+
+impl Manifest {
+    /// The provenance in the manifest at `path`, if the file exists and records one.
+    pub fn provenance_at(path: &Path) -> Option<Provenance> {
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str::<Manifest>(&text).ok()?.provenance
+    }
 }
 
 impl Manifest {
@@ -178,6 +222,7 @@ mod tests {
             wall_seconds: 1.5,
             command: "experiments fig3".into(),
             model: None,
+            provenance: None,
         };
         m.write(&path).unwrap();
         let back: Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
