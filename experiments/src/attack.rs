@@ -188,17 +188,51 @@ pub fn run(args: &AttackArgs) -> Result<()> {
     );
     let t_attack = Instant::now();
     let indices: Vec<usize> = (0..n).collect();
-    let mut rows = lmt_eval::attack(
+    // A killed sweep resumes from the whole batches it saved, if they are of this model and attack.
+    let name = spec.label();
+    let batch = args.batch_size as usize;
+    let partial = out_dir.join(format!("attack_{name}.partial.csv"));
+    let partial_key = out_dir.join(format!("attack_{name}.partial.key"));
+    let key = format!(
+        "{}\nmodel sha256 {}\nbatch {batch}\npoints {n}\n",
+        spec.describe(),
+        s.model_sha256
+    );
+    let mut rows: Vec<lmt_eval::AttackRow> = match std::fs::read_to_string(&partial_key) {
+        Ok(k) if k == key && partial.is_file() => lmt_eval::read_csv_file(&partial)?,
+        _ => Vec::new(),
+    };
+    rows.truncate(rows.len() / batch * batch);
+    if !rows.is_empty() {
+        eprintln!(
+            "resuming after the {} inputs saved in {}",
+            rows.len(),
+            partial.display()
+        );
+    }
+    write_atomic(&partial_key, key.as_bytes())?;
+    let saved = rows.clone();
+    let mut save_error = None;
+    let fresh = lmt_eval::attack(
         s.model.as_ref(),
         &s.data.test,
-        &indices,
+        &indices[rows.len()..],
         &spec,
-        args.batch_size as usize,
-        &mut |done, found| {
-            bar.set_position(done as u64);
+        batch,
+        &mut |new| {
+            let found = saved.iter().chain(new).filter(|r| r.success).count();
+            bar.set_position((saved.len() + new.len()) as u64);
             bar.set_message(format!("{found} succeeded"));
+            let all: Vec<lmt_eval::AttackRow> = saved.iter().chain(new).cloned().collect();
+            if let Err(e) = lmt_eval::to_csv(&all).map(|b| write_atomic(&partial, &b)) {
+                save_error.get_or_insert(e.to_string());
+            }
         },
     )?;
+    if let Some(e) = save_error {
+        bail!("saving progress to {}: {e}", partial.display());
+    }
+    rows.extend(fresh);
     bar.finish_and_clear();
     let attack_seconds = t_attack.elapsed().as_secs_f64();
     let violations = match &certs {
@@ -206,7 +240,6 @@ pub fn run(args: &AttackArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", cert_path.display()))?,
         None => Vec::new(),
     };
-    let name = spec.label();
     write_atomic(
         &out_dir.join(format!("attack_{name}.csv")),
         &lmt_eval::to_csv(&rows)?,
@@ -247,6 +280,8 @@ pub fn run(args: &AttackArgs) -> Result<()> {
         Some((spec.describe(), n)),
     )
     .write(&out_dir.join(format!("attack_{name}_manifest.json")))?;
+    let _ = std::fs::remove_file(&partial);
+    let _ = std::fs::remove_file(&partial_key);
     if !violations.is_empty() {
         bail!(
             "{} successful attacks lie inside certified radii; see {}",

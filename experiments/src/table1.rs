@@ -90,7 +90,7 @@ fn strongest_pgd(
         &todo,
         &spec,
         100,
-        &mut |_, _| {},
+        &mut |_| {},
     )?;
     let certs: Vec<CertificateRow> = lmt_eval::read_csv_file(&dir.join("certificates.csv"))?;
     let violations = lmt_eval::check_against(&mut rows, &certs)?;

@@ -71,7 +71,7 @@ pub fn run(args: &TightnessArgs) -> Result<()> {
         &indices,
         &AttackSpec::DeepFool(Default::default()),
         100,
-        &mut |k, _| b.set_position(k as u64),
+        &mut |rows| b.set_position(rows.len() as u64),
     )?;
     b.finish_and_clear();
     let b = bar("gradient lower bounds", lower_n);

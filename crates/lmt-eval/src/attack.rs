@@ -18,8 +18,8 @@ pub enum AttackSpec {
     Cw(CwConfig),
     /// DeepFool L2 (the paper's Fig. 4 (D)).
     DeepFool(DeepFoolConfig),
-    /// PGD-L2 at one radius; its seed is offset by each batch's first position in the sweep, so a
-    /// point's result does not depend on the batch size's multiples before it.
+    /// PGD-L2 at one radius; its seed is offset by the test index of each batch's first input, so a
+    /// resumed sweep draws the same random starts as an uninterrupted one.
     Pgd(PgdConfig),
 }
 
@@ -75,24 +75,25 @@ impl AttackSpec {
     }
 }
 
-/// Attacks inputs `indices` of `set` in batches of `batch`; `progress` gets (done, successes so far)
-/// after each batch. The rows carry no certified radius; [`check_against`] adds them.
+/// Attacks inputs `indices` of `set` in batches of `batch`; `progress` gets the rows so far after each
+/// batch (to show progress, or to save them so a killed sweep resumes). The rows carry no certified
+/// radius; [`check_against`] adds them.
 pub fn attack(
     model: &dyn Classifier,
     set: &ImageSet,
     indices: &[usize],
     spec: &AttackSpec,
     batch_size: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(&[AttackRow]),
 ) -> Result<Vec<AttackRow>> {
     if batch_size == 0 {
         return Err(invalid("the attack batch must hold at least 1 input"));
     }
     let f = |x: &candle_core::Tensor| model.eval_logits(x);
     let mut rows: Vec<AttackRow> = Vec::with_capacity(indices.len());
-    for (b, chunk) in indices.chunks(batch_size).enumerate() {
+    for chunk in indices.chunks(batch_size) {
         let (x, labels) = batch(set, chunk)?;
-        let found = spec.run(&f, &x, &labels, b * batch_size)?;
+        let found = spec.run(&f, &x, &labels, chunk[0])?;
         rows.extend(
             chunk
                 .iter()
@@ -107,7 +108,7 @@ pub fn attack(
                     certified_radius: None,
                 }),
         );
-        progress(rows.len(), rows.iter().filter(|r| r.success).count());
+        progress(&rows);
     }
     Ok(rows)
 }

@@ -24,7 +24,7 @@
 //! let certs = certify(&model, &mnist.test, &points, &CertifyConfig::default(), &mut |_| {})?;
 //! println!("{:?} because {}; L = {}", certs.proposition, certs.why, certs.l);
 //! print!("{}", CertifySummary::of(&certs.rows));
-//! let mut found = attack(&model, &mnist.test, &points, &AttackSpec::DeepFool(Default::default()), 10, &mut |_, _| {})?;
+//! let mut found = attack(&model, &mnist.test, &points, &AttackSpec::DeepFool(Default::default()), 10, &mut |_| {})?;
 //! let violations = check_against(&mut found, &certs.rows)?;
 //! assert!(violations.is_empty(), "an attack inside a certified radius: {violations:?}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())

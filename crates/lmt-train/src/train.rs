@@ -206,9 +206,24 @@ pub fn train(
     };
     let mut rows: Vec<String> = Vec::new();
     let mut pos = Position::default();
+    // The running sums of the epoch in progress, so a resumed epoch logs what an uninterrupted one would.
+    let mut resumed_sums = None;
     if opts.resume && ckpt.is_file() {
         let (p, saved) = checkpoint::load(&ckpt, &mut opt, &vectors, &model.buffers())?;
         pos = p;
+        let sum = |k: &str| -> Result<Option<f64>> {
+            saved
+                .get(k)
+                .map(|t| Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?))
+                .transpose()
+        };
+        if let (Some(l), Some(c), Some(s)) = (
+            sum("meta.loss_sum")?,
+            sum("meta.correct")?,
+            sum("meta.seen")?,
+        ) {
+            resumed_sums = Some((l, c, s as usize));
+        }
         if let Some(hook) = &mut spectral {
             for (name, a) in hook.vectors.iter_mut() {
                 if let Some(t) = saved.get(&format!("snreg.{name}")) {
@@ -216,11 +231,19 @@ pub fn train(
                 }
             }
         }
+        // Rows of epochs the checkpoint does not contain (written before a kill, after its last save)
+        // are dropped: they are logged again when those epochs are trained again.
         if let Ok(text) = std::fs::read_to_string(&log_path) {
             rows = text
                 .lines()
                 .skip(1)
                 .filter(|l| !l.is_empty())
+                .filter(|l| {
+                    l.split(',')
+                        .next()
+                        .and_then(|e| e.parse::<usize>().ok())
+                        .is_some_and(|e| e <= pos.epoch)
+                })
                 .map(str::to_string)
                 .collect();
         }
@@ -252,7 +275,10 @@ pub fn train(
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, plan.epochs));
         bar.set_position(pos.batch as u64);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0.0, 0usize);
+        let (mut loss_sum, mut correct, mut seen) = match resumed_sums.take() {
+            Some(sums) if epoch == pos.epoch && pos.batch > 0 => sums,
+            _ => (0.0, 0.0, 0usize),
+        };
         let (mut c, mut estimate) = (0.0, f64::NAN);
         for (b, idx) in
             batches
@@ -368,7 +394,7 @@ pub fn train(
                     &opt,
                     &vectors,
                     &model.buffers(),
-                    &extra_state(&spectral),
+                    &extra_state(&spectral, (loss_sum, correct, seen)),
                     pos,
                     &meta,
                     &mut last_ckpt,
@@ -431,7 +457,7 @@ pub fn train(
             &opt,
             &vectors,
             &model.buffers(),
-            &extra_state(&spectral),
+            &extra_state(&spectral, (0.0, 0.0, 0)),
             pos,
             &meta,
             &mut last_ckpt,
@@ -505,15 +531,28 @@ fn save_checked(
 }
 
 /// Method state beyond the optimiser's, under checkpoint keys.
-fn extra_state(spectral: &Option<SpectralNormHook>) -> Vec<(String, Tensor)> {
-    spectral
+fn extra_state(
+    spectral: &Option<SpectralNormHook>,
+    (loss_sum, correct, seen): (f64, f64, usize),
+) -> Vec<(String, Tensor)> {
+    let mut state: Vec<(String, Tensor)> = spectral
         .iter()
         .flat_map(|h| {
             h.vectors
                 .iter()
                 .map(|(k, v)| (format!("snreg.{k}"), v.clone()))
         })
-        .collect()
+        .collect();
+    for (k, v) in [
+        ("meta.loss_sum", loss_sum),
+        ("meta.correct", correct),
+        ("meta.seen", seen as f64),
+    ] {
+        if let Ok(t) = Tensor::new(v, &Device::Cpu) {
+            state.push((k.to_string(), t));
+        }
+    }
+    state
 }
 
 fn write_log(path: &Path, rows: &[String]) -> Result<()> {
