@@ -88,11 +88,23 @@ pub fn parse_svhn_mat(bytes: &[u8], path: &Path, labels: SvhnLabels) -> Result<I
     };
     // matfile reports parse failures without detail; a failure after a valid header means a corrupt or
     // truncated body, so say that.
-    let mat = matfile::MatFile::parse(bytes).map_err(|e| {
-        mat_err(format!(
-            "cannot decode the MAT v5 body ({e:?}); the file is truncated or corrupt, download it again"
-        ))
-    })?;
+    // matfile multiplies array dimensions without overflow checks (a panic on a corrupt file in a
+    // debug build); our walk rejects such dimensions first, and any panic left is caught and reported
+    // as the corrupt file it is.
+    let parsed = std::panic::catch_unwind(|| matfile::MatFile::parse(bytes));
+    let mat = match parsed {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            return Err(mat_err(format!(
+                "cannot decode the MAT v5 body ({e:?}); the file is truncated or corrupt, download it again"
+            )))
+        }
+        Err(_) => {
+            return Err(mat_err(
+                "cannot decode the MAT v5 body (the decoder failed on it); the file is corrupt, download it again".into(),
+            ))
+        }
+    };
     let x = mat.find_by_name("X").ok_or_else(|| {
         mat_err("has no variable `X` (the images); is this an SVHN cropped-digits file?".into())
     })?;
@@ -233,7 +245,7 @@ fn check_top_level_elements(bytes: &[u8], path: &Path) -> Result<()> {
         } else {
             size.div_ceil(8) * 8
         };
-        let end = at + 8 + body;
+        let end = at.saturating_add(8).saturating_add(body);
         // An uncompressed final element may omit its padding.
         if end > bytes.len() && !(kind != MI_COMPRESSED && at + 8 + size == bytes.len()) {
             return Err(DataError::Truncated {
@@ -242,7 +254,60 @@ fn check_top_level_elements(bytes: &[u8], path: &Path) -> Result<()> {
                 found: bytes.len(),
             });
         }
+        let element = &bytes[at..end.min(bytes.len())];
+        if kind == MI_COMPRESSED {
+            use std::io::Read;
+            // The matrix header (tag, flags, dimensions) is all the walk needs: inflate only its
+            // first bytes, never the whole (for `extra`, 1.6 GB) variable.
+            let mut inner = Vec::new();
+            flate2::read::ZlibDecoder::new(&element[8..])
+                .take(256)
+                .read_to_end(&mut inner)
+                .map_err(|e| DataError::Mat {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "a compressed variable does not inflate ({e}); the file is corrupt"
+                    ),
+                })?;
+            check_matrix_dims(&inner, path)?;
+        } else {
+            check_matrix_dims(element, path)?;
+        }
         at = end;
+    }
+    Ok(())
+}
+
+/// For a miMATRIX element, checks that its dimensions are non-negative and that their product fits the
+/// decoder's 32-bit count.
+fn check_matrix_dims(element: &[u8], path: &Path) -> Result<()> {
+    const MI_MATRIX: u32 = 14;
+    const MI_INT32: u32 = 5;
+    let word = |k: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(element.get(k..k + 4)?.try_into().ok()?))
+    };
+    if word(0) != Some(MI_MATRIX) {
+        return Ok(());
+    }
+    let bad = |detail: &str| DataError::Mat {
+        path: path.to_path_buf(),
+        detail: format!("{detail}; the file is corrupt"),
+    };
+    // Tag (8), array flags (8 + 8), then the dimensions sub-element.
+    let (kind, size) = (word(24).map(|w| w & 0xffff), word(28));
+    let (Some(MI_INT32), Some(size)) = (kind, size) else {
+        return Err(bad("a matrix without an int32 dimensions field"));
+    };
+    let mut count: i32 = 1;
+    for k in 0..size as usize / 4 {
+        let d =
+            word(32 + 4 * k).ok_or_else(|| bad("a matrix whose dimensions are cut off"))? as i32;
+        if d < 0 {
+            return Err(bad("a matrix with a negative dimension"));
+        }
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| bad("a matrix whose dimensions overflow"))?;
     }
     Ok(())
 }

@@ -478,3 +478,90 @@ fn adversarial_training_trains_on_the_adversary_batches_and_needs_one() {
     };
     assert_eq!(conv1(&vm), conv1(&fresh));
 }
+
+/// Damaged checkpoints and configs (truncated at random offsets, bytes flipped): clean errors or valid
+/// files, never a panic.
+#[test]
+fn damaged_checkpoints_and_configs_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let mut damage = |good: &[u8], case: usize| -> Vec<u8> {
+        let mut b = good.to_vec();
+        if case % 2 == 0 {
+            b.truncate(rng.random_range(0..good.len()));
+        } else {
+            for _ in 0..rng.random_range(1..=8) {
+                let at = rng.random_range(0..b.len());
+                b[at] ^= rng.random_range(1..=255u8);
+            }
+        }
+        b
+    };
+    let mut counts = [0usize; 4];
+    // Configs: every committed one, 40 damaged copies each.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/configs");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let good = std::fs::read(entry.unwrap().path()).unwrap();
+        for case in 0..40 {
+            let b = damage(&good, case);
+            let r = std::panic::catch_unwind(|| {
+                let text = String::from_utf8_lossy(&b);
+                serde_norway::from_str::<TrainConfig>(&text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| c.plan("quick").map_err(|e| e.to_string()))
+                    .map(|_| ())
+            });
+            match r {
+                Ok(Ok(())) => counts[1] += 1,
+                Ok(Err(e)) => {
+                    assert!(!e.is_empty());
+                    counts[0] += 1
+                }
+                Err(_) => panic!("config case {case}: panicked"),
+            }
+        }
+    }
+    // A checkpoint of the small Kolter-Wong run.
+    if mnist().is_some() {
+        let plan = config(SMALL).plan("tiny").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (_, r) = run(
+            &plan,
+            out.path(),
+            RunOptions {
+                stop_after_steps: Some(3),
+                ..Default::default()
+            },
+        );
+        r.unwrap();
+        let ckpt = out.path().join("checkpoint.safetensors");
+        let good = std::fs::read(&ckpt).unwrap();
+        for case in 0..200 {
+            let b = damage(&good, case);
+            let p = out.path().join("damaged.safetensors");
+            std::fs::write(&p, &b).unwrap();
+            let r = std::panic::catch_unwind(|| {
+                let vm = VarMap::new();
+                let model = KolterWong::new(&vm, 3, &Device::Cpu).unwrap();
+                let mut opt =
+                    lmt_train::Optimizer::new(plan.optimizer.clone(), params(&vm)).unwrap();
+                let vectors = lmt_core::PowerVectors::new(0);
+                lmt_train::checkpoint::metadata(&p)?;
+                lmt_train::checkpoint::load(&p, &mut opt, &vectors, &model.buffers()).map(|_| ())
+            });
+            match r {
+                Ok(Ok(())) => counts[3] += 1,
+                Ok(Err(e)) => {
+                    assert!(!e.to_string().is_empty());
+                    counts[2] += 1
+                }
+                Err(_) => panic!("checkpoint case {case} ({} bytes): panicked", b.len()),
+            }
+        }
+    }
+    eprintln!(
+        "configs: {} clean errors, {} still valid; checkpoints: {} clean errors, {} still loadable",
+        counts[0], counts[1], counts[2], counts[3]
+    );
+    assert!(counts[0] > 100 && counts[2] > 50);
+}
