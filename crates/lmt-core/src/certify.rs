@@ -9,6 +9,9 @@
 //!
 //! A misclassified input, a tie (margin exactly 0) and any NaN or infinite logit get radius 0: they are
 //! never counted as certified. A class pair with `‖w_t - w_i‖ = 0` cannot flip and imposes no limit.
+//!
+//! Logits computed in floating point are not the network's exact logits: the `_guarded` functions take
+//! f64 logits with a bound on their L2 error (see [`crate::rounding`]) and guard every margin by it.
 
 use crate::bound::{BoundMethod, CertifiedBound};
 use crate::error::{invalid, Result};
@@ -73,15 +76,20 @@ impl Certificate {
     }
 }
 
-fn check(logits: &[f32], classes: usize, labels: &[usize]) -> Result<()> {
-    if classes < 2 || logits.len() != labels.len() * classes {
+fn check(logits: usize, errors: &[f64], classes: usize, labels: &[usize]) -> Result<()> {
+    if classes < 2 || logits != labels.len() * classes {
         return Err(invalid(
             "logits",
             format!(
-                "{} values for {} inputs of {classes} classes (need at least 2 classes)",
-                logits.len(),
+                "{logits} values for {} inputs of {classes} classes (need at least 2 classes)",
                 labels.len()
             ),
+        ));
+    }
+    if errors.len() != labels.len() {
+        return Err(invalid(
+            "logit error bounds",
+            format!("{} bounds for {} inputs", errors.len(), labels.len()),
         ));
     }
     if let Some(&l) = labels.iter().find(|&&l| l >= classes) {
@@ -93,48 +101,56 @@ fn check(logits: &[f32], classes: usize, labels: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// Margin and prediction of one row, or `None` if a logit is not finite.
-fn margin_of(z: &[f32], t: usize) -> Option<(f64, usize)> {
-    if z.iter().any(|v| !v.is_finite()) {
+/// Shrinks a computed radius by the relative rounding of the few f64 operations that produced it, so the
+/// reported radius never exceeds the exact one.
+const RADIUS_ROUNDING: f64 = 1.0 - 8.0 * f64::EPSILON;
+
+/// Margin (computed) and prediction of one row, or `None` if a logit or the error bound is not finite.
+fn margin_of(z: &[f64], err: f64, t: usize) -> Option<(f64, usize)> {
+    if z.iter().any(|v| !v.is_finite()) || !err.is_finite() || err < 0.0 {
         return None;
     }
     let other = z
         .iter()
         .enumerate()
         .filter(|&(i, _)| i != t)
-        .map(|(_, &v)| v as f64)
+        .map(|(_, &v)| v)
         .fold(f64::NEG_INFINITY, f64::max);
     let pred = z
         .iter()
         .enumerate()
         .fold(0, |best, (i, &v)| if v > z[best] { i } else { best });
-    Some((z[t] as f64 - other, pred))
+    Some((z[t] - other, pred))
 }
 
-/// Builds one certificate per input: non-finite logits, misclassification and ties get radius 0; otherwise
-/// `radius(z, t, margin)` gives it.
+/// Builds one certificate per input. `errors[b]` bounds the L2 distance between the computed logits of
+/// input b and the exact ones, so every pairwise margin `z_t - z_i` is guarded by `sqrt(2) errors[b]`
+/// (|e_t - e_i| <= sqrt 2 ‖e‖): an input whose guarded margin is not positive (misclassified, tied, or
+/// within rounding of a tie) gets radius 0, and so does a non-finite logit; otherwise
+/// `radius(z, t, guard)` gives it.
 fn certify_rows(
-    logits: &[f32],
+    logits: &[f64],
+    errors: &[f64],
     classes: usize,
     labels: &[usize],
     proposition: Proposition,
     bound: &CertifiedBound,
-    radius: impl Fn(&[f32], usize, f64) -> f64,
+    radius: impl Fn(&[f64], usize, f64) -> f64,
 ) -> Vec<Certificate> {
     labels
         .iter()
         .enumerate()
         .map(|(b, &t)| {
             let z = &logits[b * classes..][..classes];
-            let (margin, prediction, radius) = match margin_of(z, t) {
+            let guard = std::f64::consts::SQRT_2 * errors[b] * (1.0 + 4.0 * f64::EPSILON);
+            let (margin, prediction, radius) = match margin_of(z, errors[b], t) {
                 None => (f64::NAN, None, 0.0),
                 // A radius that is not a number (which finite inputs cannot produce) is never
                 // counted as certified.
-                Some((m, p)) if m > 0.0 => (
-                    m,
-                    Some(p),
-                    Some(radius(z, t, m)).filter(|r| *r >= 0.0).unwrap_or(0.0),
-                ),
+                Some((m, p)) if m - guard > 0.0 => {
+                    let r = radius(z, t, guard) * RADIUS_ROUNDING;
+                    (m, Some(p), if r >= 0.0 { r } else { 0.0 })
+                }
                 Some((m, p)) => (m, Some(p), 0.0),
             };
             Certificate {
@@ -149,17 +165,38 @@ fn certify_rows(
         .collect()
 }
 
-/// Prop. 1 certificates for row-major `logits` (`labels.len() x classes`) under a whole-network bound.
+/// Prop. 1 certificates for row-major f32 `logits` (`labels.len() x classes`) taken as exact (as when they
+/// come from exact arithmetic; an f32 forward pass is not: see [`certify_prop1_guarded`]).
 pub fn certify_prop1(
     logits: &[f32],
     classes: usize,
     labels: &[usize],
     lipschitz: &CertifiedBound,
 ) -> Result<Vec<Certificate>> {
-    check(logits, classes, labels)?;
-    let radius = |_: &[f32], _: usize, m: f64| m / (std::f64::consts::SQRT_2 * lipschitz.value());
+    let z: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
+    certify_prop1_guarded(&z, &vec![0.0; labels.len()], classes, labels, lipschitz)
+}
+
+/// Prop. 1 certificates for computed f64 `logits` whose L2 distance from the exact logits is at most
+/// `errors[b]` for input b (from [`crate::rounding`]): the margin is guarded by that error.
+pub fn certify_prop1_guarded(
+    logits: &[f64],
+    errors: &[f64],
+    classes: usize,
+    labels: &[usize],
+    lipschitz: &CertifiedBound,
+) -> Result<Vec<Certificate>> {
+    check(logits.len(), errors, classes, labels)?;
+    let radius = |z: &[f64], t: usize, guard: f64| {
+        let m = (0..classes)
+            .filter(|&i| i != t)
+            .map(|i| z[t] - z[i] - guard)
+            .fold(f64::INFINITY, f64::min);
+        m / (std::f64::consts::SQRT_2 * lipschitz.value())
+    };
     Ok(certify_rows(
         logits,
+        errors,
         classes,
         labels,
         Proposition::One,
@@ -168,8 +205,8 @@ pub fn certify_prop1(
     ))
 }
 
-/// Prop. 2 certificates: `l_sub` bounds the network below the last linear layer, whose row-major weight
-/// `last_weight` is `classes x dim`.
+/// Prop. 2 certificates for f32 `logits` taken as exact (see [`certify_prop1`]): `l_sub` bounds the
+/// network below the last linear layer, whose row-major weight `last_weight` is `classes x dim`.
 pub fn certify_prop2(
     logits: &[f32],
     classes: usize,
@@ -178,7 +215,30 @@ pub fn certify_prop2(
     last_weight: &[f64],
     dim: usize,
 ) -> Result<Vec<Certificate>> {
-    check(logits, classes, labels)?;
+    let z: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
+    certify_prop2_guarded(
+        &z,
+        &vec![0.0; labels.len()],
+        classes,
+        labels,
+        l_sub,
+        last_weight,
+        dim,
+    )
+}
+
+/// Prop. 2 certificates for computed f64 `logits` within `errors[b]` (L2) of the exact ones: every
+/// pairwise margin is guarded by that error before it is divided by `L_sub ‖w_t - w_i‖`.
+pub fn certify_prop2_guarded(
+    logits: &[f64],
+    errors: &[f64],
+    classes: usize,
+    labels: &[usize],
+    l_sub: &CertifiedBound,
+    last_weight: &[f64],
+    dim: usize,
+) -> Result<Vec<Certificate>> {
+    check(logits.len(), errors, classes, labels)?;
     if last_weight.len() != classes * dim || last_weight.iter().any(|v| !v.is_finite()) {
         return Err(invalid(
             "last layer weight",
@@ -189,20 +249,22 @@ pub fn certify_prop2(
         ));
     }
     let w = |i: usize| &last_weight[i * dim..][..dim];
+    // ‖w_t - w_i‖ computed in f64, enlarged by its rounding so the divisor is never too small.
     let dist = |i: usize, j: usize| {
         w(i).iter()
             .zip(w(j))
             .map(|(a, b)| (a - b) * (a - b))
             .sum::<f64>()
             .sqrt()
+            * (1.0 + (dim as f64 + 4.0) * f64::EPSILON)
     };
-    let radius = |z: &[f32], t: usize, _: f64| {
+    let radius = |z: &[f64], t: usize, guard: f64| {
         (0..classes)
             .filter(|&i| i != t)
             .map(|i| {
                 let d = l_sub.value() * dist(t, i);
                 if d > 0.0 {
-                    (z[t] as f64 - z[i] as f64) / d
+                    (z[t] - z[i] - guard) / d
                 } else {
                     f64::INFINITY
                 }
@@ -211,6 +273,7 @@ pub fn certify_prop2(
     };
     Ok(certify_rows(
         logits,
+        errors,
         classes,
         labels,
         Proposition::Two,

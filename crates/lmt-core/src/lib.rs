@@ -26,7 +26,8 @@
 
 pub use bound::{BoundMethod, CertifiedBound, LowerBound};
 pub use certify::{
-    certified_at, certify_prop1, certify_prop2, contradicts, Certificate, Proposition,
+    certified_at, certify_prop1, certify_prop1_guarded, certify_prop2, certify_prop2_guarded,
+    contradicts, Certificate, Proposition,
 };
 pub use conv::ConvGeometry;
 pub use error::{CoreError, Result};
@@ -54,3 +55,4 @@ mod error;
 mod estimate;
 mod loss;
 pub mod norms;
+pub mod rounding;

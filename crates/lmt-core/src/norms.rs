@@ -107,8 +107,9 @@ pub struct PowerConfig {
     pub starts: usize,
     /// Seed of the start vectors.
     pub seed: u64,
-    /// Stop once every start's Thm. 2 correction is below this fraction of its estimate. Stopping early
-    /// never weakens soundness: the correction is valid at every iteration.
+    /// Stop once every start's Thm. 2 correction is below this fraction of its estimate, or at most twice
+    /// what rounding alone allows (it cannot shrink further). Stopping early never weakens soundness: the
+    /// correction, with its rounding allowance, is valid at every iteration.
     pub rel_tolerance: f64,
 }
 
@@ -186,14 +187,18 @@ pub fn power_bound(
         lower = r.iter().cloned().fold(lower, f64::max);
         if it > 0 {
             let mut worst_rel: f64 = 0.0;
+            let mut at_rounding = true;
             upper = 0.0;
             for s in 0..b {
-                let delta = (r[s] - r_prev[s]).abs() + rounding_allowance(r[s], n);
+                let allowance = rounding_allowance(r[s], n);
+                let delta = (r[s] - r_prev[s]).abs() + allowance;
                 let err = thm2_correction(r[s], delta, n);
                 upper = upper.max(r[s] + err);
                 worst_rel = worst_rel.max(if r[s] > 0.0 { err / r[s] } else { 0.0 });
+                // Changes at the level of rounding cannot shrink the correction further.
+                at_rounding &= err <= 2.0 * thm2_correction(r[s], allowance, n);
             }
-            if worst_rel < cfg.rel_tolerance {
+            if worst_rel < cfg.rel_tolerance || at_rounding {
                 break;
             }
         }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use lmt_core::{certify_prop1, certify_prop2, CertifiedBound, Proposition};
+use lmt_core::{certify_prop1_guarded, certify_prop2_guarded, CertifiedBound, Proposition};
 use lmt_data::ImageSet;
 use lmt_models::{CertifyMethod, Classifier, Ctx, Lip};
 
@@ -139,25 +139,38 @@ pub fn certify(
         }
         Proposition::One => None,
     };
+    // Margins come from the sound f64 pass, each with a bound on its distance from the exact logits.
+    let graph = model.to_graph().map_err(|e| {
+        invalid(format!(
+            "certification computes sound margins from the model's graph, and this model has none: {e}"
+        ))
+    })?;
     let mut rows = Vec::with_capacity(indices.len());
     for chunk in indices.chunks(cfg.batch) {
         let (x, labels) = batch(set, chunk)?;
-        let z_t = model.forward(&x, Lip::None, &Ctx::eval(cfg.method))?.logits;
-        let classes = z_t.dim(1)?;
-        let z: Vec<f32> = z_t.flatten_all()?.to_vec1()?;
+        let xs: Vec<f64> = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+        let sound = graph.sound_logits(&xs, chunk.len())?;
+        let (z, errors, classes) = (&sound.logits, &sound.errors, sound.classes);
         let certs = match &last {
-            Some((w, k, dim)) => certify_prop2(&z, *k, &labels, &l_sub, w, *dim)?,
-            None => certify_prop1(&z, classes, &labels, &l)?,
+            Some((w, k, dim)) => certify_prop2_guarded(z, errors, *k, &labels, &l_sub, w, *dim)?,
+            None => certify_prop1_guarded(z, errors, classes, &labels, &l)?,
         };
-        rows.extend(chunk.iter().zip(certs).map(|(&index, c)| CertificateRow {
-            index,
-            label: c.label,
-            prediction: c.prediction,
-            margin: c.margin,
-            radius: c.radius,
-            proposition: c.proposition.name().into(),
-            bound_method: c.method.name().into(),
-        }));
+        rows.extend(
+            chunk
+                .iter()
+                .zip(certs)
+                .zip(errors)
+                .map(|((&index, c), &err)| CertificateRow {
+                    index,
+                    label: c.label,
+                    prediction: c.prediction,
+                    margin: c.margin,
+                    logit_error: err,
+                    radius: c.radius,
+                    proposition: c.proposition.name().into(),
+                    bound_method: c.method.name().into(),
+                }),
+        );
         progress(rows.len());
     }
     Ok(Certification {

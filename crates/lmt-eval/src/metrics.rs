@@ -189,6 +189,7 @@ mod tests {
             label: 0,
             prediction: Some(0),
             margin: 1.0,
+            logit_error: 0.0,
             radius: r,
             proposition: "prop2".into(),
             bound_method: "dense".into(),

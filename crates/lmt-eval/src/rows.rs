@@ -20,6 +20,9 @@ pub struct CertificateRow {
     pub prediction: Option<usize>,
     /// `z_t - max_{i != t} z_i` (NaN when a logit was not finite).
     pub margin: f64,
+    /// A bound on the L2 distance between the computed logits and the exact ones (f64 rounding); every
+    /// margin is guarded by `sqrt(2)` times it.
+    pub logit_error: f64,
     /// Certified radius: a guaranteed lower bound on the L2 distance to any input classified otherwise.
     pub radius: f64,
     /// `prop1` or `prop2`.
@@ -106,6 +109,7 @@ mod tests {
                 label: 3,
                 prediction: None,
                 margin: f64::NAN,
+                logit_error: f64::INFINITY,
                 radius: 0.0,
                 proposition: "prop2".into(),
                 bound_method: "a, quoted \"method\"".into(),
@@ -115,6 +119,7 @@ mod tests {
                 label: 4,
                 prediction: Some(4),
                 margin: 0.25,
+                logit_error: 3e-15,
                 radius: 1.5e-3,
                 proposition: "prop1".into(),
                 bound_method: "dense".into(),
@@ -122,9 +127,11 @@ mod tests {
         ];
         let bytes = to_csv(&certs).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with("index,label,prediction,margin,radius,proposition,bound_method\n"));
+        assert!(text.starts_with(
+            "index,label,prediction,margin,logit_error,radius,proposition,bound_method\n"
+        ));
         assert!(
-            text.contains("0,3,,NaN,0.0,prop2,\"a, quoted \"\"method\"\"\""),
+            text.contains("0,3,,NaN,inf,0.0,prop2,\"a, quoted \"\"method\"\"\""),
             "{text}"
         );
         let back: Vec<CertificateRow> = read_csv(bytes.as_slice(), Path::new("c.csv")).unwrap();

@@ -88,7 +88,8 @@ impl BatchNorm2d {
         &self.running_mean
     }
 
-    /// The per-channel scale at inference, `gamma_c / sqrt(running_var_c + eps)`, in f64.
+    /// The per-channel scale at inference, `gamma_c / sqrt(running_var_c + eps)`, exactly as the f32
+    /// forward pass computes and applies it (the network the certificate is about uses these values).
     pub fn inference_scale(&self) -> Result<Vec<f64>> {
         let var = tensor_f64(self.running_var.as_tensor())?;
         if var.iter().any(|v| v.is_nan() || *v < 0.0) || var.len() != self.channels() {
@@ -97,11 +98,16 @@ impl BatchNorm2d {
                 "running variances must be non-negative numbers",
             ));
         }
-        Ok(tensor_f64(&self.gamma)?
-            .iter()
-            .zip(var)
-            .map(|(g, v)| g / (v + self.eps).sqrt())
-            .collect())
+        let var = self.running_var.as_tensor().detach();
+        tensor_f64(&self.gamma.detach().div(&(var + self.eps)?.sqrt()?)?)
+    }
+
+    /// The running mean and beta as f64 (their f32 values).
+    pub(crate) fn shift_f64(&self) -> Result<(Vec<f64>, Vec<f64>)> {
+        Ok((
+            tensor_f64(self.running_mean.as_tensor())?,
+            tensor_f64(&self.beta)?,
+        ))
     }
 
     /// eps.
@@ -138,13 +144,9 @@ impl BatchNorm2d {
         Ok((y, scale))
     }
 
-    /// The certified bound at inference: max_c |gamma_c| / sqrt(running_var_c + eps).
+    /// The certified bound at inference: max_c |scale_c|, the scale as applied.
     pub fn certified(&self) -> Result<CertifiedBound> {
-        Ok(norms::batch_norm_inference(
-            &tensor_f64(&self.gamma)?,
-            &tensor_f64(self.running_var.as_tensor())?,
-            self.eps,
-        )?)
+        Ok(norms::elementwise_scale(&self.inference_scale()?)?)
     }
 }
 

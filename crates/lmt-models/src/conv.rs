@@ -100,11 +100,18 @@ impl LipConv2d {
         LipConv2d { scale, ..self }
     }
 
-    /// The operator's kernel as f64, the output scale folded in (what the certified bounds see).
+    /// The output scale as the forward pass applies it: an f32 multiplier (exact in f64).
+    pub(crate) fn applied_scale(&self) -> f64 {
+        self.scale as f32 as f64
+    }
+
+    /// The kernel times the output scale as the forward pass applies them, in f64 (a product of two f32
+    /// values, so exact): the operator the certified bounds and the f64 pass see.
     fn kernel_f64(&self) -> Result<Vec<f64>> {
+        let s = self.applied_scale();
         Ok(tensor_f64(&self.weight)?
             .into_iter()
-            .map(|w| w * self.scale)
+            .map(|w| w * s)
             .collect())
     }
 

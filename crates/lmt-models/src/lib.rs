@@ -36,6 +36,7 @@ pub use lip::{CertifyMethod, Ctx, Lip, LipModule};
 pub use pool::{Pool2d, PoolCfg, PoolKind};
 pub use residual::{concat, residual_add};
 pub use simple::{Dropout, Flatten, Relu};
+pub use sound::SoundLogits;
 pub use wide_resnet::{WideResNet, WideResNetCfg};
 
 mod batch_norm;
@@ -52,6 +53,7 @@ mod lip;
 mod pool;
 mod residual;
 mod simple;
+mod sound;
 mod wide_resnet;
 
 /// A tensor's values as f64, row-major, for the certified computations.
