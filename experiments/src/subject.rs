@@ -20,7 +20,8 @@ pub enum DatasetName {
     FashionMnist,
     /// The official SVHN files (--svhn-dir).
     Svhn,
-    /// MNIST padded to 32x32 and repeated to 3 channels, a STAND-IN for SVHN.
+    /// The SVHN stand-in (Fashion-MNIST, or MNIST with --stand-in mnist), padded to 32x32 and repeated
+    /// to 3 channels; every output names it as a STAND-IN.
     SvhnStandin,
 }
 

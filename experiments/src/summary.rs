@@ -321,7 +321,7 @@ pub fn summary(a: &AnalysisArgs) -> Result<()> {
     for name in ["table1", "table1_standin"] {
         let p = root.join(format!("{name}.csv"));
         if p.is_file() {
-            md.push_str(&table1_section(&Table::read(&p)?, &p)?);
+            md.push_str(&table1_section(&Table::read(&p)?, &p, &a.results)?);
         }
     }
     write_atomic(&root.join("SUMMARY.md"), md.as_bytes())?;
@@ -331,7 +331,7 @@ pub fn summary(a: &AnalysisArgs) -> Result<()> {
 
 /// Table 1 beside the paper's, with intervals, and the verdict on the paper's claim: does LMT's accuracy
 /// under the strongest attack at 0.5 and 1.0 exceed all three baselines'?
-fn table1_section(t: &Table, path: &Path) -> Result<String> {
+fn table1_section(t: &Table, path: &Path, results: &Path) -> Result<String> {
     let num = |method: &str, col: &str| cell(t, path, method, "method", col);
     let with_ci = |method: &str, col: &str| -> Result<String> {
         Ok(
@@ -419,6 +419,7 @@ fn table1_section(t: &Table, path: &Path) -> Result<String> {
             verdicts.join(", ")
         ));
     }
+    md.push_str(&learned(t, path, results)?);
     let departures: Vec<String> = t
         .column("departures")
         .unwrap_or_default()
@@ -429,6 +430,83 @@ fn table1_section(t: &Table, path: &Path) -> Result<String> {
     if let Some(d) = departures.first() {
         md.push_str(&format!(
             "\nDepartures from the authors' recipe in these runs (every method alike): {d}.\n"
+        ));
+    }
+    Ok(md)
+}
+
+/// The plain WRN trained longer (overnight profile) on the stand-in (`results/reference/`, measured
+/// once), and how far each Table 1 model's clean accuracy is from it: the baselines should be within 3 points, the LMT
+/// models within the paper's drop plus 3 (1.9 for LMT c 0.01, about 12 for the average-pool LMT).
+fn learned(t: &Table, path: &Path, results: &Path) -> Result<String> {
+    // `path` is results/<profile>/table1_standin.csv; the runs sit beside it.
+    let Some(data) = t
+        .column("dataset")
+        .and_then(|d| d.first().map(|s| s.to_string()))
+    else {
+        return Ok(String::new());
+    };
+    let base = if data.starts_with("fashion-mnist") {
+        "fashion"
+    } else {
+        "mnist"
+    };
+    let width = t
+        .column("network")
+        .and_then(|d| d.first().map(|s| s.to_string()))
+        .unwrap_or_default();
+    let dir = results
+        .join("reference")
+        .join(format!("standin_{base}_svhn_weight_decay"));
+    let log = dir.join("log.csv");
+    if !data.contains("STAND-IN") || !log.is_file() {
+        return Ok(String::new());
+    }
+    let l = Table::read(&log)?;
+    let Some(reference) = l
+        .numbers("test_accuracy", &log)?
+        .last()
+        .copied()
+        .flatten()
+        .map(|v| 100.0 * v)
+    else {
+        return Ok(String::new());
+    };
+    let epochs = l.rows.len();
+    let mut md = format!(
+        "\nReference: the weight-decay {width} trained longer on this stand-in ({epochs} epochs, \
+         `{}`) reaches {reference:.2}% clean accuracy. Each model's test accuracy (its log, on its test subset) against it \
+         (the bound: 3 points below for the baselines, the paper's drop plus 3 for LMT):\n\n\
+         | method | test accuracy | below the reference | allowed | within |\n|---|---|---|---|---|\n",
+        dir.display()
+    );
+    let root = path.parent().unwrap_or(Path::new("."));
+    for (method, config, _, _) in TABLE1 {
+        // The run's own test accuracy (its log's last row, on its test subset), not Table 1's 500 points.
+        let run_log = root
+            .join(format!("standin_{base}_{config}"))
+            .join("log.csv");
+        let Ok(rl) = Table::read(&run_log) else {
+            continue;
+        };
+        let Some(clean) = rl
+            .numbers("test_accuracy", &run_log)?
+            .last()
+            .copied()
+            .flatten()
+            .map(|v| 100.0 * v)
+        else {
+            continue;
+        };
+        let allowed = match method {
+            "LMT (c 0.01)" => 1.9 + 3.0,
+            "LMT avg-pool (c 0.1)" => 12.0 + 3.0,
+            _ => 3.0,
+        };
+        let gap = reference - clean;
+        md.push_str(&format!(
+            "| {method} | {clean:.2} | {gap:.2} | {allowed:.1} | {} |\n",
+            if gap <= allowed { "yes" } else { "**no**" }
         ));
     }
     Ok(md)
