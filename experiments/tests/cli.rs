@@ -119,14 +119,19 @@ fn smoke_train_then_certify_writes_every_file() {
     assert_eq!(rows.len(), 300);
     for row in rows {
         let f: Vec<&str> = row.split(',').collect();
-        assert_eq!(f.len(), 7, "{row}");
+        assert_eq!(f.len(), 8, "{row}");
         let (label, pred, radius): (usize, &str, f64) =
-            (f[1].parse().unwrap(), f[2], f[4].parse().unwrap());
+            (f[1].parse().unwrap(), f[2], f[5].parse().unwrap());
+        let logit_error: f64 = f[4].parse().unwrap();
+        assert!(
+            logit_error > 0.0 && logit_error < 1e-6,
+            "the f64 pass's error bound is positive and tiny: {row}"
+        );
         assert!(radius >= 0.0);
         if pred != label.to_string() {
             assert_eq!(radius, 0.0, "a misclassified input has radius 0: {row}");
         }
-        assert_eq!((f[5], f[6]), ("prop2", "dense"));
+        assert_eq!((f[6], f[7]), ("prop2", "dense"));
     }
     attacks_agree_with_certificates(dir.path(), &ckpt);
     export_then_import_certifies_the_same(dir.path(), &ckpt, &csv);
@@ -171,9 +176,16 @@ fn export_then_import_certifies_the_same(dir: &Path, ckpt: &Path, checkpoint_csv
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let imported = std::fs::read_to_string(out.join("certificates.csv")).unwrap();
     let radii = |csv: &str| -> Vec<f64> {
+        let col = csv
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .position(|h| h == "radius")
+            .unwrap();
         csv.lines()
             .skip(1)
-            .map(|l| l.split(',').nth(4).unwrap().parse().unwrap())
+            .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
             .collect()
     };
     let (a, b) = (radii(checkpoint_csv), radii(&imported));
