@@ -10,7 +10,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use lmt_core::{
-    certify_prop2, cross_entropy, lmt_logits_prop2, CertifiedBound, LipEstimate, PowerVectors,
+    certify_prop2, certify_prop2_guarded, cross_entropy, lmt_logits_prop2, CertifiedBound,
+    LipEstimate, PowerVectors,
 };
 use lmt_models::{CertifyMethod, Classifier, Ctx, KolterWong, Lip, WideResNet, WideResNetCfg};
 use lmt_train::{Optimizer, OptimizerConfig};
@@ -18,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const ALL: [&str; 13] = [
+const ALL: [&str; 15] = [
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
     "kw_at_cw30_step_b50",
@@ -32,6 +33,8 @@ const ALL: [&str; 13] = [
     "wrn_certified_bound_auto",
     "kw_certify_10000",
     "kw_onnx_certify_10000",
+    "kw_sound_certify_10000",
+    "kw_onnx_sound_certify_10000",
 ];
 
 fn params(vm: &VarMap) -> Vec<(String, Var)> {
@@ -234,6 +237,32 @@ fn run(name: &str) -> Res<f64> {
                         .flatten_all()?
                         .to_vec1()?;
                     certify_prop2(&z, classes, &labels, &l_sub, &w, dim)?;
+                }
+                Ok(())
+            })
+        }
+        "kw_sound_certify_10000" | "kw_onnx_sound_certify_10000" => {
+            // What `certify` runs: the f64 pass with its rounding-error bound (prepared once: the
+            // per-layer bounds), then guarded Prop. 2 radii; 10,000 inputs in batches of 1000.
+            let built = KolterWong::new(&vm, 0, &dev)?;
+            let graph = if name == "kw_onnx_sound_certify_10000" {
+                let bytes = lmt_onnx::export(&built.to_graph()?, "kw")?;
+                lmt_onnx::import(&bytes, "kw.onnx", None)?.graph
+            } else {
+                built.to_graph()?
+            };
+            let last = graph.last_weight().ok_or("no last layer")?;
+            let w: Vec<f64> = last.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let (classes, dim) = last.dims2()?;
+            let l_sub = CertifiedBound::one();
+            let (x, _) = batch(1000, 1, 28)?;
+            let xs: Vec<f64> = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let labels: Vec<usize> = (0..1000).map(|i| i % classes).collect();
+            time(1, 3, || {
+                let pass = graph.sound_pass()?;
+                for _ in 0..10 {
+                    let z = pass.logits(&xs, 1000)?;
+                    certify_prop2_guarded(&z.logits, &z.errors, classes, &labels, &l_sub, &w, dim)?;
                 }
                 Ok(())
             })

@@ -146,10 +146,11 @@ pub fn certify(
         ))
     })?;
     let mut rows = Vec::with_capacity(indices.len());
+    let pass = graph.sound_pass()?;
     for chunk in indices.chunks(cfg.batch) {
         let (x, labels) = batch(set, chunk)?;
         let xs: Vec<f64> = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-        let sound = graph.sound_logits(&xs, chunk.len())?;
+        let sound = pass.logits(&xs, chunk.len())?;
         let (z, errors, classes) = (&sound.logits, &sound.errors, sound.classes);
         let certs = match &last {
             Some((w, k, dim)) => certify_prop2_guarded(z, errors, *k, &labels, &l_sub, w, *dim)?,

@@ -36,7 +36,7 @@ pub use lip::{CertifyMethod, Ctx, Lip, LipModule};
 pub use pool::{Pool2d, PoolCfg, PoolKind};
 pub use residual::{concat, residual_add};
 pub use simple::{Dropout, Flatten, Relu};
-pub use sound::SoundLogits;
+pub use sound::{SoundLogits, SoundPass};
 pub use wide_resnet::{WideResNet, WideResNetCfg};
 
 mod batch_norm;

@@ -480,26 +480,49 @@ fn run(p: &Prepared, x: &[&[f64]]) -> (Vec<f64>, Vec<f64>) {
     }
 }
 
+/// A graph ready for the sound pass: its parameters in f64 as applied and each node's certified bound,
+/// computed once, then reused for every batch.
+pub struct SoundPass<'a> {
+    graph: &'a Graph,
+    prepared: Vec<Prepared>,
+}
+
 impl Graph {
+    /// Prepares the sound pass (the per-layer bounds are computed here, once).
+    pub fn sound_pass(&self) -> Result<SoundPass<'_>> {
+        Ok(SoundPass {
+            graph: self,
+            prepared: prepare(self)?,
+        })
+    }
+
     /// The logits of `x` (`batch` samples of the input shape, flat, as f64: the f32 images fed to the
     /// network, which are exact) computed in f64, with per sample a bound on their L2 distance from the
-    /// exact logits of the network the stored weights define.
+    /// exact logits of the network the stored weights define. Prepares the pass on every call; for many
+    /// batches use [`Graph::sound_pass`].
     pub fn sound_logits(&self, x: &[f64], batch: usize) -> Result<SoundLogits> {
-        let per: usize = self.input_shape().iter().product();
+        self.sound_pass()?.logits(x, batch)
+    }
+}
+
+impl SoundPass<'_> {
+    /// The sound logits of `batch` samples (see [`Graph::sound_logits`]).
+    pub fn logits(&self, x: &[f64], batch: usize) -> Result<SoundLogits> {
+        let (graph, prepared) = (self.graph, &self.prepared);
+        let per: usize = graph.input_shape().iter().product();
         if x.len() != per * batch || x.iter().any(|v| !v.is_finite()) {
             return Err(config(
                 "sound pass",
                 format!("{} finite values for {batch} samples of {per}", x.len()),
             ));
         }
-        let prepared = prepare(self)?;
-        let classes = self.classes();
+        let classes = graph.classes();
         let rows: Vec<(Vec<f64>, f64)> = (0..batch)
             .into_par_iter()
             .map(|b| {
-                let mut vals: Vec<(Vec<f64>, f64)> = Vec::with_capacity(self.nodes().len() + 1);
+                let mut vals: Vec<(Vec<f64>, f64)> = Vec::with_capacity(graph.nodes().len() + 1);
                 vals.push((x[b * per..(b + 1) * per].to_vec(), 0.0));
-                for (node, p) in self.nodes().iter().zip(&prepared) {
+                for (node, p) in graph.nodes().iter().zip(prepared) {
                     let inputs: Vec<&[f64]> =
                         node.inputs.iter().map(|&v| vals[v].0.as_slice()).collect();
                     let deltas: Vec<f64> = node.inputs.iter().map(|&v| vals[v].1).collect();
