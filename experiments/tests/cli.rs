@@ -147,6 +147,42 @@ fn smoke_train_then_certify_writes_every_file() {
         "50",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // An output directory that cannot be written fails before any attack runs (root ignores
+    // permissions, so the directory sits under a regular file), and an empty test subset is refused.
+    let blocked = copy.join("out");
+    let r = experiments(&[
+        "attack",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--attack",
+        "cw",
+        "--out",
+        blocked.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("output directory") && err.contains("out"),
+        "{err}"
+    );
+    let said = format!("{}{err}", String::from_utf8_lossy(&r.stdout));
+    assert!(
+        !said.contains("attacking"),
+        "the unwritable output was found only after the attack began: {said}"
+    );
+    for cmd in ["certify", "attack"] {
+        let r = experiments(&[
+            cmd,
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--test-subset",
+            "0",
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains("test-subset"),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 /// `export` writes the checkpoint as ONNX; `certify --onnx` of that file gives the same certificates.
