@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the PyTorch interop fixtures of lmt-models' tests (run once; the tests need no Python).
 
-For the Kolter-Wong CNN and a WideResNet-10-1 (the authors' variant) built in PyTorch
+For the Kolter-Wong CNN, a WideResNet-10-1 (the authors' variant) and the 4C3F network with MinMax (which
+also pins MinMax's channel pairing: halves of axis 1), built in PyTorch
 (bench/pytorch/models.py), with random weights and random batch-norm statistics, it saves
   crates/lmt-models/tests/fixtures/<name>.safetensors    the state_dict (lmt-rs names)
   crates/lmt-models/tests/fixtures/<name>_io.safetensors `inputs` and the `logits` PyTorch computed
@@ -17,7 +18,7 @@ from safetensors.torch import save_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench" / "pytorch"))
-from models import KolterWong, WideResNet, state_dict_for_lmt  # noqa: E402
+from models import FourCThreeF, KolterWong, WideResNet, state_dict_for_lmt  # noqa: E402
 
 OUT = ROOT / "crates" / "lmt-models" / "tests" / "fixtures"
 
@@ -42,6 +43,8 @@ def main():
     torch.manual_seed(2018)
     write("kolter_wong", KolterWong(), torch.rand(4, 1, 28, 28))
     write("wrn_10_1", WideResNet(depth=10, width=1), torch.rand(3, 3, 32, 32))
+    torch.manual_seed(2019)
+    write("four_c_three_f_minmax", FourCThreeF("minmax"), torch.rand(3, 1, 28, 28))
     print(f"torch {torch.__version__}")
 
 

@@ -27,6 +27,40 @@ class KolterWong(nn.Module):
         return self.fc2(x)
 
 
+class MinMax(nn.Module):
+    """MinMax (GroupSort with groups of two) on axis 1: channel i and i + C/2 become max and min."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+
+def _activation(name):
+    return MinMax() if name == "minmax" else nn.ReLU()
+
+
+class FourCThreeF(nn.Module):
+    """The larger MNIST CNN of Wong et al. (2018), BCP, GloRo and BCOP ("4C3F")."""
+
+    def __init__(self, activation="relu"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, stride=1, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 4, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(32, 64, 3, stride=1, padding=1)
+        self.conv4 = nn.Conv2d(64, 64, 4, stride=2, padding=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 512)
+        self.fc2 = nn.Linear(512, 512)
+        self.fc3 = nn.Linear(512, 10)
+        self.act = _activation(activation)
+
+    def forward(self, x):
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            x = self.act(conv(x))
+        x = self.act(self.fc1(x.flatten(1)))
+        x = self.act(self.fc2(x))
+        return self.fc3(x)
+
+
 def _bn(c):
     # The authors' batch norm: eps 2e-5, decay 0.9 (PyTorch momentum 0.1).
     return nn.BatchNorm2d(c, eps=2e-5, momentum=0.1)

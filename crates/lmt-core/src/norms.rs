@@ -394,7 +394,7 @@ pub fn pool_peck(g: &ConvGeometry) -> Result<CertifiedBound> {
     )
 }
 
-/// An elementwise activation whose Lipschitz constant has a closed form.
+/// An activation whose Lipschitz constant has a closed form (elementwise, or MinMax on pairs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     /// max(0, x): 1.
@@ -407,12 +407,16 @@ pub enum Activation {
     Tanh,
     /// min(max(x, lo), hi): 1.
     Clip,
+    /// MinMax (GroupSort with groups of two, Anil et al. 2019): each pair (a, b) becomes (max, min). On
+    /// either side of a = b it is a permutation of the pair, and it is continuous across, so it is
+    /// 1-Lipschitz in L2 (and its Jacobian, where defined, is orthogonal: gradient norm preserving).
+    MinMax,
 }
 
 /// The Lipschitz constant of an elementwise activation (exact: each is attained).
 pub fn activation(a: Activation) -> Result<CertifiedBound> {
     let v = match a {
-        Activation::Relu | Activation::Tanh | Activation::Clip => 1.0,
+        Activation::Relu | Activation::Tanh | Activation::Clip | Activation::MinMax => 1.0,
         Activation::LeakyRelu(alpha) => alpha.abs().max(1.0),
         Activation::Sigmoid => 0.25,
     };

@@ -28,6 +28,9 @@ pub enum Act {
     Tanh,
     /// min(max(x, lo), hi).
     Clip(f32, f32),
+    /// MinMax on the per-sample axis 0 (channels, or features): channel i and channel i + C/2 become
+    /// their maximum and their minimum (see [`crate::MinMax`]); C must be even.
+    MinMax,
 }
 
 impl Act {
@@ -38,6 +41,7 @@ impl Act {
             Act::Sigmoid => norms::Activation::Sigmoid,
             Act::Tanh => norms::Activation::Tanh,
             Act::Clip(..) => norms::Activation::Clip,
+            Act::MinMax => norms::Activation::MinMax,
         }
     }
 
@@ -48,6 +52,7 @@ impl Act {
             Act::Sigmoid => candle_nn::ops::sigmoid(x)?,
             Act::Tanh => x.tanh()?,
             Act::Clip(lo, hi) => x.clamp(lo, hi)?,
+            Act::MinMax => crate::simple::min_max(x)?,
         })
     }
 }
@@ -102,6 +107,7 @@ impl Op {
             Op::Activation(Act::Sigmoid) => "Sigmoid",
             Op::Activation(Act::Tanh) => "Tanh",
             Op::Activation(Act::Clip(..)) => "Clip",
+            Op::Activation(Act::MinMax) => "MinMax",
             Op::Pool(_) => "Pool",
             Op::Pad(_) => "Pad",
             Op::Reshape(_) => "Reshape",
@@ -231,6 +237,12 @@ impl Graph {
             Op::Scale(c) | Op::Shift(c) => {
                 check_constant(&name, c, s[0])?;
                 s[0].to_vec()
+            }
+            Op::Activation(Act::MinMax) if s[0].first().is_none_or(|c| c % 2 != 0) => {
+                return Err(bad(format!(
+                    "MinMax pairs the halves of axis 0, which needs an even size; got {:?}",
+                    s[0]
+                )));
             }
             Op::Activation(_) => s[0].to_vec(),
             Op::Pad(p) => {

@@ -1,14 +1,17 @@
 //! The Kolter-Wong MNIST CNN as the authors build it (reference 4.1): conv 1->16 4x4 s2 p1, ReLU,
 //! conv 16->32 4x4 s2 p1, ReLU, flatten, fc 1568->100, ReLU, fc 100->10; He-normal convolutions,
 //! LeCun-normal fully connected layers, zero biases. Parameter names (`conv1.weight`, ..., `fc2.bias`)
-//! match a PyTorch module with attributes `conv1`, `conv2`, `fc1`, `fc2`.
+//! match a PyTorch module with attributes `conv1`, `conv2`, `fc1`, `fc2`. MinMax may replace ReLU (the
+//! modern Lipschitz networks' activation).
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 use crate::init::{param, Init};
 use crate::lip::{Ctx, Lip, LipModule};
-use crate::{forward_seq, Act, ConvCfg, Flatten, Graph, LipConv2d, LipLinear, Op, Relu, Result};
+use crate::{
+    forward_seq, Act, ConvCfg, Flatten, Graph, LipConv2d, LipLinear, MinMax, Op, Relu, Result,
+};
 
 /// The network; the last layer is kept apart for Prop. 2.
 #[derive(Debug, Clone)]
@@ -17,6 +20,7 @@ pub struct KolterWong {
     conv2: LipConv2d,
     fc1: LipLinear,
     fc2: LipLinear,
+    act: Act,
 }
 
 /// A network that classifies images and carries its Lipschitz number: what training, certification and
@@ -61,68 +65,109 @@ pub struct Output {
 }
 
 impl KolterWong {
-    /// Creates the parameters in `varmap`, initialised deterministically from `seed`.
+    /// Creates the parameters in `varmap`, initialised deterministically from `seed` (ReLU, as the
+    /// authors' network).
     pub fn new(varmap: &VarMap, seed: u64, device: &Device) -> Result<Self> {
+        Self::with_activation(varmap, seed, Act::Relu, device)
+    }
+
+    /// The same network with `act` (ReLU or MinMax) after every layer but the last.
+    pub fn with_activation(varmap: &VarMap, seed: u64, act: Act, device: &Device) -> Result<Self> {
         let s2 = ConvCfg::square(2, 1);
-        let conv = |name: &str, ci: usize, co: usize| -> Result<LipConv2d> {
-            let w = param(
-                varmap,
-                &format!("{name}.weight"),
-                (co, ci, 4, 4),
-                Init::HeNormal { fan_in: ci * 16 },
-                seed,
-                device,
-            )?;
-            let b = param(
-                varmap,
-                &format!("{name}.bias"),
-                co,
-                Init::Const(0.0),
-                seed,
-                device,
-            )?;
-            LipConv2d::new(w, Some(b), s2, name)
-        };
-        let fc = |name: &str, i: usize, o: usize| -> Result<LipLinear> {
-            let w = param(
-                varmap,
-                &format!("{name}.weight"),
-                (o, i),
-                Init::LecunNormal { fan_in: i },
-                seed,
-                device,
-            )?;
-            let b = param(
-                varmap,
-                &format!("{name}.bias"),
-                o,
-                Init::Const(0.0),
-                seed,
-                device,
-            )?;
-            LipLinear::new(w, Some(b), name)
-        };
         Ok(KolterWong {
-            conv1: conv("conv1", 1, 16)?,
-            conv2: conv("conv2", 16, 32)?,
-            fc1: fc("fc1", 1568, 100)?,
-            fc2: fc("fc2", 100, 10)?,
+            conv1: he_conv(varmap, "conv1", 1, 16, 4, s2, seed, device)?,
+            conv2: he_conv(varmap, "conv2", 16, 32, 4, s2, seed, device)?,
+            fc1: lecun_fc(varmap, "fc1", 1568, 100, seed, device)?,
+            fc2: lecun_fc(varmap, "fc2", 100, 10, seed, device)?,
+            act: hidden_activation(act)?,
         })
     }
+}
+
+/// The activations a built-in network takes between its layers.
+pub(crate) fn hidden_activation(act: Act) -> Result<Act> {
+    match act {
+        Act::Relu | Act::MinMax => Ok(act),
+        other => Err(crate::config(
+            "activation",
+            format!("{other:?} is not offered for built-in networks; use ReLU or MinMax"),
+        )),
+    }
+}
+
+/// The module of a hidden activation (see [`hidden_activation`]).
+pub(crate) fn activation_module(act: Act) -> &'static dyn LipModule {
+    match act {
+        Act::MinMax => &MinMax,
+        _ => &Relu,
+    }
+}
+
+/// A convolution `name` of `co` kernels `k x k` over `ci` channels: He-normal weight, zero bias.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn he_conv(
+    varmap: &VarMap,
+    name: &str,
+    ci: usize,
+    co: usize,
+    k: usize,
+    cfg: ConvCfg,
+    seed: u64,
+    device: &Device,
+) -> Result<LipConv2d> {
+    let w = param(
+        varmap,
+        &format!("{name}.weight"),
+        (co, ci, k, k),
+        Init::HeNormal { fan_in: ci * k * k },
+        seed,
+        device,
+    )?;
+    let b = param(
+        varmap,
+        &format!("{name}.bias"),
+        co,
+        Init::Const(0.0),
+        seed,
+        device,
+    )?;
+    LipConv2d::new(w, Some(b), cfg, name)
+}
+
+/// A fully connected layer `name` from `i` to `o` features: LeCun-normal weight, zero bias.
+pub(crate) fn lecun_fc(
+    varmap: &VarMap,
+    name: &str,
+    i: usize,
+    o: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<LipLinear> {
+    let w = param(
+        varmap,
+        &format!("{name}.weight"),
+        (o, i),
+        Init::LecunNormal { fan_in: i },
+        seed,
+        device,
+    )?;
+    let b = param(
+        varmap,
+        &format!("{name}.bias"),
+        o,
+        Init::Const(0.0),
+        seed,
+        device,
+    )?;
+    LipLinear::new(w, Some(b), name)
 }
 
 impl Classifier for KolterWong {
     /// Forward pass of a batch `(B, 1, 28, 28)` carrying `lip` (start it at 1, or at c in training).
     fn forward(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<Output> {
-        let layers: [&dyn LipModule; 7] = [
-            &self.conv1,
-            &Relu,
-            &self.conv2,
-            &Relu,
-            &Flatten,
-            &self.fc1,
-            &Relu,
-        ];
+        let act = activation_module(self.act);
+        let layers: [&dyn LipModule; 7] =
+            [&self.conv1, act, &self.conv2, act, &Flatten, &self.fc1, act];
         let (h, l_sub) = forward_seq(&layers, x, lip, ctx)?;
         let (logits, l) = self.fc2.forward_lip(&h, l_sub.clone(), ctx)?;
         Ok(Output { logits, l_sub, l })
@@ -135,7 +180,7 @@ impl Classifier for KolterWong {
 
     fn to_graph(&self) -> Result<Graph> {
         let mut g = Graph::new(vec![1, 28, 28])?;
-        let relu = Op::Activation(Act::Relu);
+        let relu = Op::Activation(self.act);
         let v = g.push("conv1", Op::Conv(self.conv1.clone()), vec![0])?;
         let v = g.push("relu1", relu.clone(), vec![v])?;
         let v = g.push("conv2", Op::Conv(self.conv2.clone()), vec![v])?;

@@ -1,4 +1,4 @@
-//! Layers whose Lipschitz factor is 1: ReLU, flatten, and dropout (whose train-time 1/(1-p) rescaling is
+//! Layers whose Lipschitz factor is 1: ReLU, MinMax, flatten, and dropout (whose train-time 1/(1-p) rescaling is
 //! deliberately not counted, as in the authors' code; at inference dropout is the identity).
 
 use candle_core::Tensor;
@@ -14,6 +14,35 @@ pub struct Relu;
 impl LipModule for Relu {
     fn forward_lip(&self, x: &Tensor, lip: Lip, _: &Ctx) -> Result<(Tensor, Lip)> {
         Ok((x.relu()?, lip))
+    }
+}
+
+/// MinMax (GroupSort with groups of two; Anil et al. 2019, used by GloRo and BCOP): along axis 1
+/// (channels of an NCHW activation, features of a flat one), channel i and channel i + C/2 become their
+/// maximum and their minimum. 1-Lipschitz, with an orthogonal Jacobian wherever it is differentiable, so
+/// it preserves gradient norms where ReLU halves them; C must be even.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MinMax;
+
+/// The MinMax map of [`MinMax`] on axis 1 of `x`.
+pub(crate) fn min_max(x: &Tensor) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    if c % 2 != 0 {
+        return Err(config(
+            "MinMax",
+            format!(
+                "needs an even number of channels, got {c} (shape {:?})",
+                x.dims()
+            ),
+        ));
+    }
+    let (a, b) = (x.narrow(1, 0, c / 2)?, x.narrow(1, c / 2, c / 2)?);
+    Ok(Tensor::cat(&[a.maximum(&b)?, a.minimum(&b)?], 1)?)
+}
+
+impl LipModule for MinMax {
+    fn forward_lip(&self, x: &Tensor, lip: Lip, _: &Ctx) -> Result<(Tensor, Lip)> {
+        Ok((min_max(x)?, lip))
     }
 }
 

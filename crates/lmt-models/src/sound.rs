@@ -397,6 +397,15 @@ fn run(p: &Prepared, x: &[&[f64]]) -> (Vec<f64>, Vec<f64>) {
                     x0.iter().map(|v| v.clamp(*lo as f64, *hi as f64)).collect(),
                     0.0,
                 ),
+                // Axis 0 leads the sample's row-major layout, so its halves are the vector's halves;
+                // max and min are exact.
+                Act::MinMax => {
+                    let h = x0.len() / 2;
+                    let (a, b) = x0.split_at(h);
+                    let hi = a.iter().zip(b).map(|(p, q)| p.max(*q));
+                    let lo = a.iter().zip(b).map(|(p, q)| p.min(*q));
+                    (hi.chain(lo).collect(), 0.0)
+                }
             };
             let rho = y.iter().map(|v| rel * v.abs()).collect();
             (y, rho)
@@ -569,5 +578,6 @@ fn a_core(a: Act) -> lmt_core::norms::Activation {
         Act::Sigmoid => lmt_core::norms::Activation::Sigmoid,
         Act::Tanh => lmt_core::norms::Activation::Tanh,
         Act::Clip(..) => lmt_core::norms::Activation::Clip,
+        Act::MinMax => lmt_core::norms::Activation::MinMax,
     }
 }

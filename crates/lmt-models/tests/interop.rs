@@ -80,3 +80,11 @@ fn wide_resnet_loads_a_pytorch_state_dict_and_matches_its_logits() {
     let model = WideResNet::new(cfg, &vm, 0, &Device::Cpu).unwrap();
     check("wrn_10_1", &vm, &model);
 }
+
+#[test]
+fn four_c_three_f_with_minmax_loads_a_pytorch_state_dict_and_matches_its_logits() {
+    let vm = VarMap::new();
+    let model =
+        lmt_models::FourCThreeF::new(&vm, 0, lmt_models::Act::MinMax, &Device::Cpu).unwrap();
+    check("four_c_three_f_minmax", &vm, &model);
+}

@@ -254,6 +254,15 @@ pub fn export(graph: &Graph, name: &str) -> Result<Vec<u8>> {
                     );
                     w.node(&node.name, "Clip", vec![x, lo, hi], &out, vec![]);
                 }
+                Act::MinMax => {
+                    return Err(OnnxError::Unsupported {
+                        origin: "export".into(),
+                        node: node.name.clone(),
+                        op: "MinMax".into(),
+                        found: "MinMax has no single ONNX op, and lmt-rs does not yet read the Split/Max/Min pattern it would become".into(),
+                        supported: "ReLU, LeakyReLU, sigmoid, tanh and clip activations".into(),
+                    })
+                }
             },
             Op::Pool(pool) => {
                 let cfg = pool.cfg();
