@@ -54,6 +54,10 @@ pub struct AttackArgs {
     /// pixel, whose tanh variable starts at +-7.25).
     #[arg(long, default_value_t = 1e-2)]
     pub cw_lr: f64,
+    /// C&W: optimise the batch mean of the objectives, as the authors' code does (default: the sum, so
+    /// an input's result does not depend on its batch).
+    #[arg(long)]
+    pub cw_batch_mean: bool,
     /// DeepFool: clip iterates to [0, 1] (off, as in the paper).
     #[arg(long)]
     pub deepfool_clip: bool,
@@ -96,6 +100,7 @@ impl AttackArgs {
             cw_binary_steps: 9,
             cw_initial_const: 1e-3,
             cw_lr: 1e-2,
+            cw_batch_mean: false,
             deepfool_clip: label.ends_with("_clip"),
             epsilon,
             pgd_steps: 50,
@@ -114,6 +119,7 @@ impl AttackArgs {
                 binary_steps: self.cw_binary_steps,
                 initial_const: self.cw_initial_const,
                 lr: self.cw_lr,
+                batch_mean: self.cw_batch_mean,
                 ..CwConfig::default()
             }),
             AttackName::Deepfool => AttackSpec::DeepFool(DeepFoolConfig {

@@ -69,11 +69,13 @@ pub struct CertifyArgs {
     pub data: DataArgs,
 }
 
-/// The computation `certify` records in its manifest, for reuse checks.
-pub fn step(method: MethodName, proposition: Option<u8>) -> String {
+/// The computation `certify` records in its manifest, for reuse checks (a validation split is another
+/// computation: other points).
+pub fn step(method: MethodName, proposition: Option<u8>, validation: bool) -> String {
     format!(
-        "certify, method {method:?}, proposition {}",
-        proposition.map_or("auto".to_string(), |p| p.to_string())
+        "certify, method {method:?}, proposition {}{}",
+        proposition.map_or("auto".to_string(), |p| p.to_string()),
+        if validation { ", validation split" } else { "" }
     )
 }
 
@@ -128,7 +130,7 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         None => format!("L = {:.6} ({})", c.l.value(), c.l.method()),
     };
     let summary = format!(
-        "model {} ({} profile{}), {}\n{n} {} test images; proposition {} ({}); bound method {}\n\
+        "model {} ({} profile{}), {}\n{n} {} {} images; proposition {} ({}); bound method {}\n\
          certified upper bounds: {bounds}, computed in {:.1} s\n{}",
         s.name,
         s.profile,
@@ -140,6 +142,11 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         s.data.name,
+        if args.model.validation {
+            "validation"
+        } else {
+            "test"
+        },
         c.proposition.name().trim_start_matches("prop"),
         c.why,
         c.l.method(),
@@ -161,7 +168,10 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         reduced,
         s.seed,
         started.elapsed().as_secs_f64(),
-        Some((step(args.method, args.proposition), n)),
+        Some((
+            step(args.method, args.proposition, args.model.validation),
+            n,
+        )),
     )
     .write(&out_dir.join("certify_manifest.json"))?;
     Ok(())

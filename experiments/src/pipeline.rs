@@ -198,7 +198,7 @@ pub fn ensure_certified(a: &AnalysisArgs, ckpt: &Path, points: Option<usize>) ->
                 .len()
         }
     };
-    let step = crate::certify::step(method, proposition);
+    let step = crate::certify::step(method, proposition, false);
     if reusable(&dir.join("certificates.csv"), ckpt, &step, n) {
         return Ok(());
     }

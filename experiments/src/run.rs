@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Var};
 use candle_nn::VarMap;
 use lmt_data::{Dataset, SvhnLabels, SvhnOptions};
-use lmt_models::{Classifier, KolterWong, WideResNet, WideResNetCfg};
+use lmt_models::{Classifier, FourCThreeF, KolterWong, WideResNet, WideResNetCfg};
 use lmt_train::{ModelConfig, TrainConfig};
 
 use crate::DataArgs;
@@ -114,6 +114,8 @@ pub struct Trained {
     pub reduced: bool,
     /// What its budget did differently from the authors' recipe (see `Plan::departures`).
     pub departures: Vec<String>,
+    /// Training images it held out as a validation set (0: none).
+    pub validation: usize,
     /// The network after its profile.
     pub model: ModelConfig,
     /// The resolved config file, verbatim (for manifests).
@@ -134,6 +136,8 @@ struct Resolved {
     reduced: bool,
     #[serde(default)]
     departures: Vec<String>,
+    #[serde(default)]
+    validation: usize,
 }
 
 /// Rebuilds the model of `checkpoint` and loads its weights. The network comes from the checkpoint's
@@ -211,6 +215,7 @@ pub fn load_trained(checkpoint: &Path) -> Result<Trained> {
         profile: resolved.profile,
         reduced: resolved.reduced,
         departures: resolved.departures,
+        validation: resolved.validation,
         model: resolved.model,
         config_text: text,
         built,
@@ -224,7 +229,15 @@ pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {
     let varmap = VarMap::new();
     let dev = Device::Cpu;
     let model: Box<dyn Classifier> = match model {
-        ModelConfig::KolterWong => Box::new(KolterWong::new(&varmap, seed, &dev)?),
+        ModelConfig::KolterWong { activation } => Box::new(KolterWong::with_activation(
+            &varmap,
+            seed,
+            act(*activation),
+            &dev,
+        )?),
+        ModelConfig::FourCThreeF { activation } => {
+            Box::new(FourCThreeF::new(&varmap, seed, act(*activation), &dev)?)
+        }
         ModelConfig::WideResnet {
             depth,
             width,
@@ -243,6 +256,14 @@ pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {
         }
     };
     Ok(Built { model, varmap })
+}
+
+/// The layer activation of a config's activation name.
+fn act(a: lmt_train::Activation) -> lmt_models::Act {
+    match a {
+        lmt_train::Activation::Relu => lmt_models::Act::Relu,
+        lmt_train::Activation::Minmax => lmt_models::Act::MinMax,
+    }
 }
 
 /// The name every output of a stand-in run carries: never "svhn".

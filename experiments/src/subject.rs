@@ -44,6 +44,10 @@ pub struct ModelArgs {
     /// The IDX file of their labels (N, u8).
     #[arg(long, requires = "idx_images")]
     pub idx_labels: Option<PathBuf>,
+    /// Evaluate a checkpoint on the validation images its run held out (the last training images its
+    /// profile's `validation` names) instead of the test set: for choosing hyper-parameters.
+    #[arg(long, conflicts_with = "onnx")]
+    pub validation: bool,
 }
 
 impl ModelArgs {
@@ -55,6 +59,7 @@ impl ModelArgs {
             dataset: None,
             idx_images: None,
             idx_labels: None,
+            validation: false,
         }
     }
 }
@@ -91,7 +96,15 @@ impl Subject {
                 bail!("--dataset and --idx-images are for --onnx models; a checkpoint's config.yaml names its data set");
             }
             let t = load_trained(ckpt)?;
-            let d = load_data(&t.config.dataset, data)?;
+            let mut d = load_data(&t.config.dataset, data)?;
+            if m.validation {
+                d = d.validation_split(t.validation).with_context(|| {
+                    format!(
+                        "{}: --validation, but its run held out no validation images (a profile with `validation: N` does)",
+                        ckpt.display()
+                    )
+                })?;
+            }
             return Ok(Subject {
                 name: t.config.name.clone(),
                 model: t.built.model,

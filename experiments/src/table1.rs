@@ -352,6 +352,6 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
 fn wrn_width(t: &crate::run::Trained) -> usize {
     match t.model {
         lmt_train::ModelConfig::WideResnet { width, .. } => width,
-        lmt_train::ModelConfig::KolterWong => 0,
+        lmt_train::ModelConfig::KolterWong { .. } | lmt_train::ModelConfig::FourCThreeF { .. } => 0,
     }
 }

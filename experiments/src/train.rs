@@ -18,8 +18,9 @@ pub struct TrainArgs {
     /// Config name in experiments/configs/ (e.g. mnist_lmt_c1) or a path to a YAML file.
     #[arg(long)]
     pub config: String,
-    /// Budget profile: smoke, quick, overnight or paper.
-    #[arg(long, default_value = "quick", value_parser = crate::pipeline::PROFILES)]
+    /// Budget profile: one the config defines (smoke, quick, overnight; the modern configs: sweep and
+    /// long) or paper (the config as written).
+    #[arg(long, default_value = "quick")]
     pub profile: String,
     /// Output directory (default results/<profile>/<config name>).
     #[arg(long)]
@@ -63,7 +64,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     if args.resume && ckpt.is_file() {
         if let Ok(old) = std::fs::read_to_string(out.join("config.yaml")) {
-            if old != resolved {
+            if !same_run(&old, &resolved) {
                 let diff: Vec<String> = resolved
                     .lines()
                     .zip(old.lines().chain(std::iter::repeat("")))
@@ -96,6 +97,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
     }
     let data = load_data(&cfg.dataset, &args.data)?;
+    // The loop holds the validation images out itself; this copy names the split in the manifest.
+    let shown = match plan.validation {
+        0 => None,
+        n => data.validation_split(n),
+    };
     let built = build(
         &plan.model,
         cfg.seed,
@@ -107,7 +113,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg.name,
         plan.profile,
         if plan.reduced { ", REDUCED budget" } else { "" },
-        data.name,
+        shown.as_ref().unwrap_or(&data).name,
         plan.epochs,
         out.display()
     );
@@ -148,7 +154,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         plan.reduced,
         resolved,
         cfg.seed,
-        &data,
+        shown.as_ref().unwrap_or(&data),
         wall,
     );
     manifest.write(&out.join("manifest.json"))?;
@@ -172,9 +178,47 @@ impl Adversary for CwAdversary {
     }
 }
 
+/// Whether two resolved runs (config.yaml texts) describe the same run: equal as YAML data, with an
+/// absent key and a null one alike (an optional field a later version no longer writes when unset).
+fn same_run(a: &str, b: &str) -> bool {
+    fn strip(v: serde_norway::Value) -> serde_norway::Value {
+        use serde_norway::Value;
+        match v {
+            Value::Mapping(m) => Value::Mapping(
+                m.into_iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k, strip(v)))
+                    .collect(),
+            ),
+            Value::Sequence(s) => Value::Sequence(s.into_iter().map(strip).collect()),
+            other => other,
+        }
+    }
+    match (
+        serde_norway::from_str::<serde_norway::Value>(a),
+        serde_norway::from_str::<serde_norway::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => strip(x) == strip(y),
+        _ => a == b,
+    }
+}
+
 /// The `wall_seconds` of an earlier manifest (0 if absent or unreadable; JSON is valid YAML).
 fn earlier_wall_seconds(text: &str) -> f64 {
     serde_norway::from_str::<lmt_analysis::Manifest>(text)
         .map(|m| m.wall_seconds)
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_null_and_an_absent_key_are_the_same_run_and_values_are_not() {
+        let old =
+            "config:\n  profiles:\n    long: { epochs: 100, validation: null }\nprofile: sweep\n";
+        let new = "config:\n  profiles:\n    long: { epochs: 100 }\nprofile: sweep\n";
+        assert!(super::same_run(old, new));
+        assert!(!super::same_run(old, &new.replace("100", "101")));
+        assert!(!super::same_run(old, &new.replace("sweep", "long")));
+    }
 }

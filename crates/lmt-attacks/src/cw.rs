@@ -21,6 +21,10 @@ pub struct CwConfig {
     pub lr: f64,
     /// Confidence kappa: success needs `max_{i != t} z_i > z_t - kappa`; with kappa = 0, a strict win.
     pub confidence: f64,
+    /// Optimise the batch *mean* of the per-input objectives, as the authors' code does, instead of the
+    /// sum (the default; see [`carlini_wagner`]). Adam is scale-invariant but for its eps, so the two differ
+    /// only where gradients approach eps, and an input's result then depends on its batch size.
+    pub batch_mean: bool,
 }
 
 impl Default for CwConfig {
@@ -31,6 +35,7 @@ impl Default for CwConfig {
             initial_const: 1e-3,
             lr: 1e-2,
             confidence: 0.0,
+            batch_mean: false,
         }
     }
 }
@@ -132,7 +137,12 @@ pub fn carlini_wagner(
             }
             let d2 = (&xp - &x32)?.sqr()?.flatten_from(1)?.sum(1)?;
             let hinge = (margin_tensor(&zt, &onehot)? + cfg.confidence)?.relu()?;
-            let objective = (d2 + (hinge * &c)?)?.sum_all()?;
+            let objective = (d2 + (hinge * &c)?)?;
+            let objective = if cfg.batch_mean {
+                objective.mean_all()?
+            } else {
+                objective.sum_all()?
+            };
             let grads = objective.backward()?;
             let Some(gw) = grads.get(w.as_tensor()) else {
                 break;

@@ -33,7 +33,8 @@ pub use conv::ConvGeometry;
 pub use error::{CoreError, Result};
 pub use estimate::{l2_norm, LipEstimate, PowerVectors};
 pub use loss::{
-    class_distances, cross_entropy, lmt_logits_prop1, lmt_logits_prop2, LmtProposition,
+    class_distances, cross_entropy, gloro_logits, lmt_logits_prop1, lmt_logits_prop2,
+    LmtProposition,
 };
 pub use norms::{PowerConfig, PowerOutcome};
 

@@ -111,6 +111,33 @@ pub fn lmt_logits_prop2(
     Ok((logits + add)?)
 }
 
+/// GloRo-style logits (Leino et al. 2021) for cross-entropy over K + 1 classes: `z` with one more
+/// column, the "bottom" logit `max_{j != t} (z_j + eps_lsub ||w_t - w_j||)` (`eps_lsub` = eps L_sub,
+/// `w` the last layer's weight). Its softmax wins unless every other class stays below the target by
+/// its Prop. 2 margin at radius eps, so a correctly classified training point is certified at eps
+/// exactly when the target beats the bottom logit. LMT ([`lmt_logits_prop2`]) instead raises every
+/// non-target logit by its own margin and keeps K classes.
+pub fn gloro_logits(
+    logits: &Tensor,
+    labels: &Tensor,
+    eps_lsub: &Tensor,
+    last_weight: &Tensor,
+) -> Result<Tensor> {
+    let (_, k) = check(logits, labels)?;
+    if last_weight.dims2()?.0 != k {
+        return Err(invalid(
+            "GloRo loss",
+            format!("last weight {:?} for {k} classes", last_weight.dims()),
+        ));
+    }
+    let rows = class_distances(last_weight)?.index_select(&labels.to_dtype(DType::U32)?, 0)?;
+    let raised = (logits + rows.broadcast_mul(&eps_lsub.reshape((1, 1))?)?)?;
+    // The target's own entry is pushed far below every other, so the maximum is over j != t.
+    let hot = one_hot(labels, k)?;
+    let bottom = (raised + (hot * -1e30)?)?.max_keepdim(1)?;
+    Ok(Tensor::cat(&[logits, &bottom], 1)?)
+}
+
 /// Mean softmax cross-entropy of `logits` (`B x K`) against `labels` (`B`).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::loss::cross_entropy(

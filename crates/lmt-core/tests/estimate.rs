@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use lmt_core::{
-    class_distances, cross_entropy, l2_norm, lmt_logits_prop1, lmt_logits_prop2, norms,
-    ConvGeometry, PowerVectors,
+    class_distances, cross_entropy, gloro_logits, l2_norm, lmt_logits_prop1, lmt_logits_prop2,
+    norms, ConvGeometry, PowerVectors,
 };
 
 const DEV: Device = Device::Cpu;
@@ -261,4 +261,88 @@ fn lmt_loss_gradient_reaches_weights_and_bound_and_is_finite() {
     };
     let fd = (f(0.3 + 1e-3) - f(0.3 - 1e-3)) / 2e-3;
     assert!((fd - gc).abs() < 1e-2 * gc.abs(), "fd {fd} vs {gc}");
+}
+
+#[test]
+fn gloro_logits_append_the_largest_raised_non_target() {
+    let w = t2(&[1.0, 0.0, 0.0, 1.0, 3.0, 4.0], 3, 2);
+    // Sample 0 (target 0): raised others 1 + 2 sqrt(2) = 3.83 and 0 + 2 sqrt(20) = 8.94.
+    // Sample 1 (target 2): raised others 2 + 2 ||w2 - w0|| and 0.5 + 2 ||w2 - w1||.
+    let z = t2(&[5.0, 1.0, 0.0, 2.0, 0.5, 9.0], 2, 3);
+    let y = Tensor::new(&[0u32, 2], &DEV).unwrap();
+    let el = Tensor::new(2.0f32, &DEV).unwrap();
+    let out: Vec<Vec<f32>> = gloro_logits(&z, &y, &el, &w).unwrap().to_vec2().unwrap();
+    assert_eq!(out[0][..3], [5.0, 1.0, 0.0]);
+    assert!((out[0][3] - 2.0 * 20f32.sqrt()).abs() < 1e-5, "{out:?}");
+    let d20 = (2f32 * 2.0 + 4.0 * 4.0).sqrt();
+    let d21 = (3f32 * 3.0 + 3.0 * 3.0).sqrt();
+    let want = (2.0 + 2.0 * d20).max(0.5 + 2.0 * d21);
+    assert!((out[1][3] - want).abs() < 1e-5, "{out:?}");
+    // The bottom logit stays below the target exactly when every pairwise margin exceeds eps L_sub
+    // ||w_t - w_j||, i.e. when Prop. 2 certifies radius eps: here sample 1 (margin 7 against 2 d20 =
+    // 8.94) is not certified, and its bottom logit beats its target.
+    assert!(out[1][3] > out[1][2]);
+    // Shapes are checked.
+    assert!(gloro_logits(&z, &y, &el, &t2(&[1.0, 0.0], 1, 2)).is_err());
+}
+
+/// The GloRo loss's gradient in the logits, the last weight and eps L_sub against central differences.
+#[test]
+fn gloro_loss_gradient_matches_finite_differences() {
+    let wv = [0.9f32, -0.2, 0.1, 1.1, 0.7, 0.8];
+    let zv = [0.4f32, 1.3, -0.2, 0.8, 0.1, 0.5];
+    let y = Tensor::new(&[1u32, 0], &DEV).unwrap();
+    let loss = |z: &Tensor, w: &Tensor, el: &Tensor| {
+        cross_entropy(&gloro_logits(z, &y, el, w).unwrap(), &y).unwrap()
+    };
+    let w = Var::from_tensor(&t2(&wv, 3, 2)).unwrap();
+    let z = Var::from_tensor(&t2(&zv, 2, 3)).unwrap();
+    let el = Var::from_tensor(&Tensor::new(0.3f32, &DEV).unwrap()).unwrap();
+    let grads = loss(z.as_tensor(), w.as_tensor(), el.as_tensor())
+        .backward()
+        .unwrap();
+    let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let gz = flat(grads.get(z.as_tensor()).unwrap());
+    let gw = flat(grads.get(w.as_tensor()).unwrap());
+    let ge = grads
+        .get(el.as_tensor())
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let value = |zv: &[f32], wv: &[f32], e: f32| {
+        loss(&t2(zv, 2, 3), &t2(wv, 3, 2), &Tensor::new(e, &DEV).unwrap())
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let h = 1e-2f32;
+    let close = |fd: f32, g: f32, what: &str| {
+        assert!(
+            (fd - g).abs() < 2e-3 + 1e-2 * g.abs(),
+            "{what}: fd {fd} vs {g}"
+        );
+    };
+    for i in 0..6 {
+        let (mut p, mut m) = (zv, zv);
+        p[i] += h;
+        m[i] -= h;
+        close(
+            (value(&p, &wv, 0.3) - value(&m, &wv, 0.3)) / (2.0 * h),
+            gz[i],
+            "logit",
+        );
+        let (mut p, mut m) = (wv, wv);
+        p[i] += h;
+        m[i] -= h;
+        close(
+            (value(&zv, &p, 0.3) - value(&zv, &m, 0.3)) / (2.0 * h),
+            gw[i],
+            "weight",
+        );
+    }
+    close(
+        (value(&zv, &wv, 0.3 + h) - value(&zv, &wv, 0.3 - h)) / (2.0 * h),
+        ge,
+        "eps L_sub",
+    );
+    assert!(ge > 0.0, "a larger required radius costs loss");
 }

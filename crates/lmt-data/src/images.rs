@@ -89,6 +89,19 @@ impl ImageSet {
         }
     }
 
+    /// The images from `start` on (none if `start >= len()`): the held-out tail of a validation split.
+    pub fn skip(&self, start: usize) -> ImageSet {
+        let start = start.min(self.len());
+        ImageSet {
+            pixels: self.pixels[start * self.image_size()..].to_vec(),
+            labels: self.labels[start..].to_vec(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            num_classes: self.num_classes,
+        }
+    }
+
     /// Zero-pads every image to `size x size` (centred) and repeats the channel to `channels`.
     ///
     /// Builds the named stand-in for SVHN (MNIST as 3x32x32) so the WRN pipeline runs on real images;

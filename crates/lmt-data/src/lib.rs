@@ -51,8 +51,63 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A validation split of the training set: trains on its first `len - n` images and evaluates on
+    /// its last `n`, so hyper-parameters are chosen without the test set. The name says so, and the
+    /// test split is not part of the result. `None` unless `0 < n < train.len()`.
+    pub fn validation_split(&self, n: usize) -> Option<Dataset> {
+        let keep = self
+            .train
+            .len()
+            .checked_sub(n)
+            .filter(|&k| k > 0 && n > 0)?;
+        Some(Dataset {
+            name: format!(
+                "{} VALIDATION split (trained on the first {keep} training images, evaluated on the last {n}; no test image)",
+                self.name
+            ),
+            train: self.train.take(keep),
+            test: self.train.skip(keep),
+            files: self.files.clone(),
+        })
+    }
+
     /// True when every file's digest matched a published one.
     pub fn all_verified(&self) -> bool {
         self.files.iter().all(|f| f.verified == Some(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: usize) -> ImageSet {
+        ImageSet {
+            pixels: (0..n * 4).map(|v| v as u8).collect(),
+            labels: (0..n).map(|v| (v % 10) as u8).collect(),
+            channels: 1,
+            height: 2,
+            width: 2,
+            num_classes: 10,
+        }
+    }
+
+    #[test]
+    fn validation_split_is_the_tail_of_the_training_set_and_never_the_test_set() {
+        let d = Dataset {
+            name: "toy".into(),
+            train: set(10),
+            test: set(3),
+            files: vec![],
+        };
+        let v = d.validation_split(4).unwrap();
+        assert_eq!((v.train.len(), v.test.len()), (6, 4));
+        assert_eq!(v.train.image(5), d.train.image(5));
+        assert_eq!(v.test.image(0), d.train.image(6));
+        assert_eq!(v.test.labels, d.train.labels[6..]);
+        assert!(v.name.contains("VALIDATION") && v.name.starts_with("toy"));
+        for bad in [0, 10, 11] {
+            assert!(d.validation_split(bad).is_none(), "n = {bad}");
+        }
     }
 }

@@ -38,8 +38,17 @@ impl AttackSpec {
     pub fn describe(&self) -> String {
         match self {
             AttackSpec::Cw(c) => format!(
-                "C&W L2: {} iterations x {} binary steps, initial constant {}, lr {}, confidence {}",
-                c.iterations, c.binary_steps, c.initial_const, c.lr, c.confidence
+                "C&W L2: {} iterations x {} binary steps, initial constant {}, lr {}, confidence {}{}",
+                c.iterations,
+                c.binary_steps,
+                c.initial_const,
+                c.lr,
+                c.confidence,
+                if c.batch_mean {
+                    ", batch-mean objective (the authors')"
+                } else {
+                    ""
+                }
             ),
             AttackSpec::DeepFool(d) => format!(
                 "DeepFool L2: overshoot {}, at most {} iterations, clipping {}",

@@ -56,7 +56,17 @@ fn default_checkpoint_every() -> usize {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelConfig {
     /// The Kolter-Wong MNIST CNN (1x28x28 inputs).
-    KolterWong,
+    KolterWong {
+        /// Between layers: `relu` (the authors') or `minmax`.
+        #[serde(default, skip_serializing_if = "Activation::is_relu")]
+        activation: Activation,
+    },
+    /// The larger MNIST CNN of Wong et al., BCP, GloRo and BCOP ("4C3F"; 1x28x28 inputs).
+    FourCThreeF {
+        /// Between layers: `relu` or `minmax`.
+        #[serde(default, skip_serializing_if = "Activation::is_relu")]
+        activation: Activation,
+    },
     /// WideResNet-depth-width (3x32x32 inputs).
     WideResnet {
         /// 6n + 4 (16 in the paper).
@@ -69,6 +79,23 @@ pub enum ModelConfig {
         #[serde(default)]
         avg_pool_shortcut: bool,
     },
+}
+
+/// The activation between the layers of a built-in MNIST network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(0, x).
+    #[default]
+    Relu,
+    /// MinMax (GroupSort with groups of two): 1-Lipschitz and gradient-norm preserving.
+    Minmax,
+}
+
+impl Activation {
+    fn is_relu(&self) -> bool {
+        *self == Activation::Relu
+    }
 }
 
 /// The training method.
@@ -105,6 +132,20 @@ pub enum Method {
         binary_steps: usize,
         /// The C&W constant (1 in the paper's run).
         initial_const: f64,
+    },
+    /// A GloRo-style loss (Leino et al. 2021) beside LMT: one extra logit, the largest of
+    /// `z_j + eps L_sub ||w_t - w_j||` over j != t (from the same train-time estimate as LMT's Prop. 2),
+    /// and cross-entropy over the K + 1 logits. LMT raises every non-target logit by its own margin; this
+    /// adds a single "bottom" class that wins whenever any class comes within eps of the target.
+    Gloro {
+        /// The radius eps the loss asks for.
+        eps: f64,
+        /// eps at step 0; eps grows linearly to `eps` over `warmup_epochs`.
+        #[serde(default)]
+        eps_start: Option<f64>,
+        /// Epochs of linear warm-up (0: eps from the start).
+        #[serde(default)]
+        warmup_epochs: f64,
     },
     /// Lipschitz-margin training.
     Lmt {
@@ -186,6 +227,11 @@ pub struct Profile {
     /// config has none).
     #[serde(default)]
     pub recalibrate_bn: Option<usize>,
+    /// Hold out the last this many training images as a validation set: training uses the rest and the
+    /// per-epoch accuracy is measured on them, never on the test set (for choosing hyper-parameters).
+    /// Not written when absent, so the resolved runs of configs without it read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<usize>,
 }
 
 /// A validated config with a profile applied: what the loop runs.
@@ -210,6 +256,9 @@ pub struct Plan {
     pub method: Method,
     /// Training images for the BN recalibration after the last epoch (0: none).
     pub recalibrate_bn: usize,
+    /// Training images held out as the validation set (0: none; see [`Profile::validation`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub validation: usize,
     /// True when the profile reduces the config's budget: every output must say so.
     pub reduced: bool,
     /// What this budget does differently from the authors' recipe, in words (empty: nothing); every
@@ -221,12 +270,13 @@ impl TrainConfig {
     /// Checks every value and applies `profile`; errors name the key.
     pub fn plan(&self, profile: &str) -> Result<Plan> {
         match (self.dataset.as_str(), &self.model) {
-            ("mnist", ModelConfig::KolterWong) | ("svhn", ModelConfig::WideResnet { .. }) => {}
+            ("mnist", ModelConfig::KolterWong { .. } | ModelConfig::FourCThreeF { .. })
+            | ("svhn", ModelConfig::WideResnet { .. }) => {}
             ("mnist" | "svhn", m) => {
                 return Err(config_err(
                     "model",
                     format!(
-                        "{m:?} does not take {} images (kolter_wong: mnist, wide_resnet: svhn)",
+                        "{m:?} does not take {} images (kolter_wong and four_c_three_f: mnist, wide_resnet: svhn)",
                         self.dataset
                     ),
                 ));
@@ -311,6 +361,23 @@ impl TrainConfig {
             }
             positive("method.initial_const", *initial_const)?;
         }
+        if let Method::Gloro {
+            eps,
+            eps_start,
+            warmup_epochs,
+        } = &self.method
+        {
+            positive("method.eps", *eps)?;
+            if let Some(e0) = eps_start {
+                positive("method.eps_start", *e0)?;
+            }
+            if !(*warmup_epochs >= 0.0 && warmup_epochs.is_finite()) {
+                return Err(config_err(
+                    "method.warmup_epochs",
+                    "must be finite and >= 0",
+                ));
+            }
+        }
         if let Method::Parseval { beta } = &self.method {
             positive("method.beta", *beta)?;
             if !matches!(self.model, ModelConfig::WideResnet { .. }) {
@@ -357,11 +424,12 @@ impl TrainConfig {
             || p.train_subset == Some(0)
             || p.test_subset == Some(0)
             || p.width == Some(0)
+            || p.validation == Some(0)
             || p.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite()))
         {
             return Err(config_err(
                 &format!("profiles.{profile}"),
-                "epochs, subsets, width and lr must be positive",
+                "epochs, subsets, width, validation and lr must be positive",
             ));
         }
         let epochs = p.epochs.unwrap_or(self.epochs);
@@ -371,8 +439,12 @@ impl TrainConfig {
             narrower = w < *width;
             *width = w;
         }
-        let reduced =
-            epochs < self.epochs || p.train_subset.is_some() || p.test_subset.is_some() || narrower;
+        let validation = p.validation.unwrap_or(0);
+        let reduced = epochs < self.epochs
+            || p.train_subset.is_some()
+            || p.test_subset.is_some()
+            || validation > 0
+            || narrower;
         // Schedules keep the paper's shape: drops and warm-up at the same fractions of training.
         let scale = epochs as f64 / self.epochs as f64;
         let mut departures = Vec::new();
@@ -395,7 +467,8 @@ impl TrainConfig {
             ));
         }
         let mut method = self.method.clone();
-        if let Method::Lmt { warmup_epochs, .. } = &mut method {
+        if let Method::Lmt { warmup_epochs, .. } | Method::Gloro { warmup_epochs, .. } = &mut method
+        {
             *warmup_epochs *= scale;
         }
         let recalibrate_bn = p.recalibrate_bn.unwrap_or(self.recalibrate_bn);
@@ -414,10 +487,15 @@ impl TrainConfig {
             optimizer,
             method,
             recalibrate_bn,
+            validation,
             reduced,
             departures,
         })
     }
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 fn positive(key: &str, v: f64) -> Result<()> {
@@ -431,28 +509,33 @@ fn positive(key: &str, v: f64) -> Result<()> {
     }
 }
 
-/// c at fractional epoch `epoch_detail`: linear from `c_start` to `c` over `warmup_epochs` (the authors'
-/// GoyalSchedule), then constant. A pure function of the step, so resuming needs no state.
+/// c (LMT) or eps (GloRo) at fractional epoch `epoch_detail`: linear from the start value to the final
+/// one over `warmup_epochs` (the authors' GoyalSchedule), then constant. A pure function of the step, so
+/// resuming needs no state.
 pub fn c_schedule(method: &Method, epoch_detail: f64) -> f64 {
-    match method {
+    let (c, c_start, warmup) = match method {
         Method::Plain
         | Method::SpectralNorm { .. }
         | Method::Parseval { .. }
-        | Method::Adversarial { .. } => 0.0,
+        | Method::Adversarial { .. } => return 0.0,
         Method::Lmt {
             c,
             c_start,
             warmup_epochs,
             ..
-        } => {
-            let c0 = c_start.unwrap_or(*c);
-            if *warmup_epochs <= 0.0 || epoch_detail >= *warmup_epochs {
-                *c
-            } else {
-                let f = epoch_detail / warmup_epochs;
-                c * f + c0 * (1.0 - f)
-            }
-        }
+        } => (*c, *c_start, *warmup_epochs),
+        Method::Gloro {
+            eps,
+            eps_start,
+            warmup_epochs,
+        } => (*eps, *eps_start, *warmup_epochs),
+    };
+    let c0 = c_start.unwrap_or(c);
+    if warmup <= 0.0 || epoch_detail >= warmup {
+        c
+    } else {
+        let f = epoch_detail / warmup;
+        c * f + c0 * (1.0 - f)
     }
 }
 

@@ -10,7 +10,8 @@
 
 pub use checkpoint::Position;
 pub use config::{
-    c_schedule, lr_schedule, Method, ModelConfig, OptimizerConfig, Plan, Profile, TrainConfig,
+    c_schedule, lr_schedule, Activation, Method, ModelConfig, OptimizerConfig, Plan, Profile,
+    TrainConfig,
 };
 pub use error::{Result, TrainError};
 pub use optim::Optimizer;

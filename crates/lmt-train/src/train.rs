@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
-use lmt_core::{cross_entropy, lmt_logits_prop1, lmt_logits_prop2, LipEstimate, PowerVectors};
+use lmt_core::{
+    cross_entropy, gloro_logits, lmt_logits_prop1, lmt_logits_prop2, LipEstimate, PowerVectors,
+};
 use lmt_data::{Dataset, ImageSet};
 use lmt_models::{CertifyMethod, Classifier, Ctx, Lip};
 
@@ -146,6 +148,22 @@ pub fn train(
 ) -> Result<Summary> {
     let device = Device::Cpu;
     let cfg = &plan.config;
+    let split;
+    let data = if plan.validation > 0 {
+        split = data
+            .validation_split(plan.validation)
+            .ok_or_else(|| TrainError::Config {
+                key: format!("profiles.{}.validation", plan.profile),
+                detail: format!(
+                    "holds out {} images, but the training set has {}",
+                    plan.validation,
+                    data.train.len()
+                ),
+            })?;
+        &split
+    } else {
+        data
+    };
     if matches!(plan.method, Method::Adversarial { .. }) && opts.adversary.is_none() {
         return Err(TrainError::Config {
             key: "method".into(),
@@ -154,14 +172,14 @@ pub fn train(
     }
     let needs_last = matches!(
         plan.method,
-        Method::Parseval { .. } | Method::Lmt { proposition: 2, .. }
+        Method::Parseval { .. } | Method::Lmt { proposition: 2, .. } | Method::Gloro { .. }
     );
     let last_weight = match model.last_weight() {
         Some(w) => w.clone(),
         None if needs_last => {
             return Err(TrainError::Config {
                 key: "method".into(),
-                detail: "Parseval and Prop. 2 need a model that ends in a linear layer; this one does not (use proposition: 1)".into(),
+                detail: "Parseval, GloRo and Prop. 2 need a model that ends in a linear layer; this one does not (use LMT with proposition: 1)".into(),
             })
         }
         None => Tensor::zeros(1, DType::F32, &device)?,
@@ -341,9 +359,26 @@ pub fn train(
                     let loss = cross_entropy(&z, &y)?;
                     (out.logits, loss)
                 }
+                Method::Gloro { .. } => {
+                    // c is eps here: the carried estimate is eps L_sub.
+                    let out = model.forward(
+                        &x,
+                        Lip::Estimate(LipEstimate::one(&device)?.scale(c)?),
+                        &ctx,
+                    )?;
+                    let eps_lsub = out
+                        .l_sub
+                        .estimate()
+                        .ok_or(lmt_models::ModelError::MixedLip)?
+                        .tensor()
+                        .clone();
+                    estimate = eps_lsub.to_dtype(DType::F64)?.to_scalar::<f64>()? / c;
+                    let z = gloro_logits(&out.logits, &y, &eps_lsub, &last_weight)?;
+                    (out.logits, cross_entropy(&z, &y)?)
+                }
             };
             let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let lmt = matches!(plan.method, Method::Lmt { .. });
+            let lmt = matches!(plan.method, Method::Lmt { .. } | Method::Gloro { .. });
             for (what, value, checked) in [
                 ("loss", loss_value, true),
                 ("Lipschitz estimate", estimate, lmt),

@@ -220,11 +220,27 @@ fn every_committed_config_loads_under_every_profile() {
                     && !matches!(cfg.method, Method::Adversarial { .. }))
                 || (p == "overnight" && cfg.dataset == "mnist")
         };
-        for p in ["smoke", "quick", "overnight", "paper"] {
+        // The modern yardstick's configs sweep on a validation split (reduced) and train longer.
+        let modern = cfg.name.starts_with("modern_");
+        let profiles = if modern {
+            ["smoke", "sweep", "long", "paper"]
+        } else {
+            ["smoke", "quick", "overnight", "paper"]
+        };
+        for p in profiles {
             let plan = cfg
                 .plan(p)
                 .unwrap_or_else(|e| panic!("{} {p}: {e}", path.display()));
-            assert_eq!(plan.reduced, !paper_budget(p), "{} {p}", path.display());
+            let reduced = if modern {
+                p == "smoke" || p == "sweep"
+            } else {
+                !paper_budget(p)
+            };
+            assert_eq!(plan.reduced, reduced, "{} {p}", path.display());
+            assert_eq!(
+                plan.validation > 0,
+                p == "sweep" || (modern && p == "smoke")
+            );
         }
         n += 1;
     }
@@ -255,6 +271,42 @@ fn bad_configs_name_the_key() {
     }
     let e = config(SMALL).plan("huge").unwrap_err().to_string();
     assert!(e.contains("huge") && e.contains("tiny"), "{e}");
+    let e = config(&SMALL.replace("test_subset: 200", "validation: 0"))
+        .plan("tiny")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("profiles.tiny") && e.contains("validation"),
+        "{e}"
+    );
+    let gloro = SMALL.replace(
+        "{ kind: lmt, proposition: 2, capped: true, c: 1.0 }",
+        "{ kind: gloro, eps: 0.0 }",
+    );
+    let e = config(&gloro).plan("tiny").unwrap_err().to_string();
+    assert!(e.contains("method.eps"), "{e}");
+}
+
+/// A validation split is part of the resolved run only when asked for, so the config.yaml of every
+/// earlier run reads back unchanged; asked for, it marks the run reduced.
+#[test]
+fn validation_profiles_hold_images_out_and_say_so() {
+    let plain = config(SMALL).plan("tiny").unwrap();
+    assert_eq!(plain.validation, 0);
+    assert!(!serde_norway::to_string(&plain)
+        .unwrap()
+        .contains("validation"));
+    let held = config(&SMALL.replace("test_subset: 200", "validation: 100"))
+        .plan("tiny")
+        .unwrap();
+    assert_eq!(held.validation, 100);
+    assert!(held.reduced);
+    assert!(serde_norway::to_string(&held)
+        .unwrap()
+        .contains("validation: 100"));
+    // The default activation is not written either (so `kind: kolter_wong` stays as it was).
+    let yaml = serde_norway::to_string(&plain.model).unwrap();
+    assert!(!yaml.contains("activation"), "{yaml}");
 }
 
 #[test]
