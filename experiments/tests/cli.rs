@@ -671,3 +671,94 @@ fn onnx_models_certify_attack_and_tightness() {
     ]);
     assert!(!r.status.success(), "--test-subset 0 is refused");
 }
+
+/// `modern` end to end on its smoke budget: one setting per family trained on a validation split and
+/// certified on the held-out images (never the test set), the chosen ones certified on the test set, and
+/// the table, SUMMARY.md, figure and manifests written, every output labelled REDUCED.
+#[test]
+fn modern_sweeps_on_a_validation_split_and_writes_table_summary_and_figure() {
+    if !mnist_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (results, figures) = (dir.path().join("r"), dir.path().join("f"));
+    let r = experiments(&[
+        "modern",
+        "--budget",
+        "smoke",
+        "--results",
+        results.to_str().unwrap(),
+        "--figures",
+        figures.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let root = results.join("modern-smoke");
+    let t = std::fs::read_to_string(root.join("table.csv")).unwrap();
+    let mut rdr = csv::Reader::from_reader(t.as_bytes());
+    let header = rdr.headers().unwrap().clone();
+    for col in [
+        "certified_0.5",
+        "certified_1",
+        "certified_1.58_lo",
+        "clean_hi",
+    ] {
+        assert!(
+            header.iter().any(|h| h == col),
+            "no column {col}: {header:?}"
+        );
+    }
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    let stage = header.iter().position(|h| h == "stage").unwrap();
+    let points = header.iter().position(|h| h == "points").unwrap();
+    let sweep: Vec<_> = rows
+        .iter()
+        .filter(|r| r[stage].starts_with("sweep"))
+        .collect();
+    let long: Vec<_> = rows
+        .iter()
+        .filter(|r| r[stage].starts_with("long"))
+        .collect();
+    assert_eq!((sweep.len(), long.len()), (3, 3), "{t}");
+    assert!(
+        sweep.iter().all(|r| &r[points] == "500"),
+        "validation points"
+    );
+    assert!(long.iter().all(|r| &r[points] == "10000"), "test points");
+    assert!(rows.iter().all(|r| r[r.len() - 1].contains("REDUCED")));
+    // The sweep's certificates are of the held-out training images, and say so.
+    let sweep_dir = root.join("sweep").join("modern_kw_lmt_capped_c0.25");
+    let m = std::fs::read_to_string(sweep_dir.join("certify_manifest.json")).unwrap();
+    assert!(
+        m.contains("VALIDATION split") && m.contains("validation split"),
+        "{m}"
+    );
+    let summary = std::fs::read_to_string(root.join("SUMMARY.md")).unwrap();
+    assert!(summary.contains("BCOP-Small") && summary.contains("45.84"));
+    assert!(summary.contains("REDUCED"));
+    for ext in ["png", "svg"] {
+        let f = figures
+            .join("modern-smoke")
+            .join(format!("clean_vs_certified.{ext}"));
+        assert!(
+            std::fs::metadata(&f).unwrap().len() > 1000,
+            "{}",
+            f.display()
+        );
+    }
+    assert!(root.join("table_manifest.json").is_file());
+    // A second run reuses everything: no training, no certification.
+    let again = experiments(&[
+        "modern",
+        "--budget",
+        "smoke",
+        "--results",
+        results.to_str().unwrap(),
+        "--figures",
+        figures.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success() && !err.contains("certified upper bounds"),
+        "{err}"
+    );
+}

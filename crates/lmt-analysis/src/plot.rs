@@ -38,6 +38,36 @@ pub struct LineChart {
     pub series: Vec<Series>,
 }
 
+/// One group of points of a scatter chart: one colour and marker, one legend entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointGroup {
+    /// Legend entry.
+    pub name: String,
+    /// (x, y, label); a non-empty label is written beside its point.
+    pub points: Vec<(f64, f64, String)>,
+    /// Palette index.
+    pub color: usize,
+    /// Hollow markers (used for published reference numbers beside our own runs).
+    pub hollow: bool,
+}
+
+/// One panel of a scatter chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScatterChart {
+    /// Panel title.
+    pub title: String,
+    /// X-axis label.
+    pub x_label: String,
+    /// Y-axis label.
+    pub y_label: String,
+    /// X range.
+    pub x: (f64, f64),
+    /// Y range.
+    pub y: (f64, f64),
+    /// The point groups.
+    pub groups: Vec<PointGroup>,
+}
+
 /// A grouped bar chart on a log-scale y axis (Figure 3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BarChart {
@@ -198,6 +228,86 @@ fn draw_panels<DB: DrawingBackend>(
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
+            .label_font(("sans-serif", 12))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Scatter-chart panels side by side under one title, as `<stem>.png` and `<stem>.svg`.
+pub fn scatter_panels(stem: &Path, title: &str, panels: &[ScatterChart]) -> Result<[PathBuf; 2]> {
+    let size = (620 * panels.len().max(1) as u32, 520);
+    render!(stem, size, |root: &DrawingArea<_, Shift>| draw_scatter(
+        root, title, panels
+    ))
+}
+
+fn draw_scatter<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    panels: &[ScatterChart],
+) -> std::result::Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| e.to_string())?;
+    for (area, p) in root
+        .split_evenly((1, panels.len().max(1)))
+        .iter()
+        .zip(panels)
+    {
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(p.x.0..p.x.1, p.y.0..p.y.1)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(&p.x_label)
+            .y_desc(&p.y_label)
+            .label_style(("sans-serif", 13))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for g in &p.groups {
+            let c = color(g.color);
+            let style = if g.hollow {
+                c.stroke_width(2)
+            } else {
+                c.filled()
+            };
+            chart
+                .draw_series(
+                    g.points
+                        .iter()
+                        .map(|&(x, y, _)| Circle::new((x, y), 5, style)),
+                )
+                .map_err(|e| e.to_string())?
+                .label(&g.name)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, style));
+            chart
+                .draw_series(
+                    g.points
+                        .iter()
+                        .filter(|p| !p.2.is_empty())
+                        .map(|(x, y, l)| {
+                            Text::new(
+                                l.clone(),
+                                (*x, *y),
+                                ("sans-serif", 11).into_font().color(&c),
+                            )
+                        }),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .label_font(("sans-serif", 12))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
