@@ -243,6 +243,7 @@ pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {
             width,
             dropout,
             avg_pool_shortcut,
+            activation,
         } => {
             let cfg = WideResNetCfg {
                 depth: *depth,
@@ -251,6 +252,7 @@ pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {
                 classes: 10,
                 avg_pool_shortcut: *avg_pool_shortcut,
                 parseval,
+                activation: act(*activation),
             };
             Box::new(WideResNet::new(cfg, &varmap, seed, &dev)?)
         }

@@ -18,7 +18,7 @@ use crate::kolter_wong::{Classifier, Output};
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::{
     config, forward_seq, residual_add, Act, BatchNorm2d, ConvBn, ConvCfg, Dropout, Flatten, Graph,
-    LipConv2d, LipLinear, Op, Pool2d, PoolKind, Relu, Result,
+    LipConv2d, LipLinear, Op, Pool2d, PoolKind, Result,
 };
 
 /// Shape of a WideResNet.
@@ -37,6 +37,8 @@ pub struct WideResNetCfg {
     /// Parseval-network structure (reference 7.1): every convolution's output scaled by 1/sqrt(kh kw),
     /// and residual sums `a0 branch + a1 shortcut` with learned weights `groupG.B.alpha` (start 0.5, 0.5).
     pub parseval: bool,
+    /// The activation after every BN: ReLU (the authors') or MinMax.
+    pub activation: Act,
 }
 
 impl Default for WideResNetCfg {
@@ -48,6 +50,7 @@ impl Default for WideResNetCfg {
             classes: 10,
             avg_pool_shortcut: false,
             parseval: false,
+            activation: Act::Relu,
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct WideResNet {
     pool: Pool2d,
     fc: LipLinear,
     buffers: Vec<(String, Var)>,
+    act: Act,
 }
 
 /// BN with trainable gamma/beta in `params` and running statistics (mean 0, variance 0, as the authors
@@ -225,6 +229,7 @@ impl WideResNet {
             pool: Pool2d::new(PoolKind::Avg, 8, 1)?,
             fc: LipLinear::new(fc_w, Some(fc_b), "fc")?,
             buffers,
+            act: crate::kolter_wong::hidden_activation(cfg.activation)?,
         })
     }
 }
@@ -235,7 +240,8 @@ impl Classifier for WideResNet {
         let (mut a, mut l_a) = self.stem.forward_lip(x, lip, ctx)?;
         let mut raw: Option<(Tensor, Lip)> = None;
         for block in &self.blocks {
-            let layers: [&dyn LipModule; 4] = [&block.convbn1, &Relu, &block.dropout, &block.conv2];
+            let act = crate::kolter_wong::activation_module(self.act);
+            let layers: [&dyn LipModule; 4] = [&block.convbn1, act, &block.dropout, &block.conv2];
             let branch = forward_seq(&layers, &a, l_a.clone(), ctx)?;
             let shortcut = match &block.shortcut {
                 Shortcut::Identity => raw.take().ok_or_else(|| {
@@ -256,7 +262,8 @@ impl Classifier for WideResNet {
                 }
             };
             let (x_new, l_x) = residual_add(branch, shortcut)?;
-            (a, l_a) = forward_seq(&[&block.bn, &Relu], &x_new, l_x.clone(), ctx)?;
+            let act = crate::kolter_wong::activation_module(self.act);
+            (a, l_a) = forward_seq(&[&block.bn, act], &x_new, l_x.clone(), ctx)?;
             raw = Some((x_new, l_x));
         }
         let (h, l_sub) = forward_seq(&[&self.pool, &Flatten], &a, l_a, ctx)?;
@@ -271,7 +278,7 @@ impl Classifier for WideResNet {
     /// The same recursion as `forward`, as graph nodes (dropout, the identity at inference, is left out).
     fn to_graph(&self) -> Result<Graph> {
         let mut g = Graph::new(vec![3, 32, 32])?;
-        let relu = || Op::Activation(Act::Relu);
+        let relu = || Op::Activation(self.act);
         let mut a = g.push("stem", Op::ConvBn(self.stem.clone()), vec![0])?;
         let mut raw: Option<usize> = None;
         for (i, block) in self.blocks.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! The layers and networks of the modern yardstick: MinMax (its bound 1 against brute force, its
 //! gradient against finite differences, its orthogonal Jacobian), the 4C3F network (its certified bound
-//! against Jacobian norms, its f64 sound pass against the f32 pass), and MinMax networks end to end.
+//! against Jacobian norms, its f64 sound pass against the f32 pass), and MinMax networks (Kolter-Wong,
+//! 4C3F, WRN) end to end.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -166,6 +167,23 @@ fn networks(seed: u64) -> Vec<(&'static str, Box<dyn Classifier>)> {
             "4C3F, MinMax",
             Box::new(FourCThreeF::new(&VarMap::new(), seed, Act::MinMax, &DEV).unwrap()),
         ),
+        (
+            "WRN-10-1, MinMax",
+            Box::new(
+                WideResNet::new(
+                    WideResNetCfg {
+                        depth: 10,
+                        width: 1,
+                        activation: Act::MinMax,
+                        ..Default::default()
+                    },
+                    &VarMap::new(),
+                    seed,
+                    &DEV,
+                )
+                .unwrap(),
+            ),
+        ),
     ]
 }
 
@@ -176,7 +194,9 @@ fn networks(seed: u64) -> Vec<(&'static str, Box<dyn Classifier>)> {
 fn new_networks_bound_their_jacobians_and_their_sound_pass_agrees() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for (name, net) in networks(2) {
-        let x = uniform(&mut rng, &[3, 1, 28, 28], 0.0, 1.0)
+        let mut shape = vec![3];
+        shape.extend(net.to_graph().unwrap().input_shape());
+        let x = uniform(&mut rng, &shape, 0.0, 1.0)
             .to_dtype(DType::F32)
             .unwrap();
         let out = net

@@ -258,6 +258,7 @@ fn whole_networks_agree_with_the_f32_pass_and_have_tiny_error_bounds() {
         classes: 10,
         avg_pool_shortcut: true,
         parseval: true,
+        activation: Act::Relu,
     };
     let wrn = WideResNet::new(cfg, &vm2, 1, &DEV).unwrap();
     let y = t(

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use lmt_core::{cross_entropy, lmt_logits_prop2, CertifiedBound, LipEstimate, PowerVectors};
-use lmt_models::{CertifyMethod, Classifier, Ctx, KolterWong, Lip, WideResNet, WideResNetCfg};
+use lmt_models::{Act, CertifyMethod, Classifier, Ctx, KolterWong, Lip, WideResNet, WideResNetCfg};
 use nalgebra::DMatrix;
 
 const DEV: Device = Device::Cpu;
@@ -71,6 +71,7 @@ fn small_with(avg: bool, parseval: bool) -> (WideResNet, VarMap) {
         classes: 10,
         avg_pool_shortcut: avg,
         parseval,
+        activation: Act::Relu,
     };
     (WideResNet::new(cfg, &vm, 1, &DEV).unwrap(), vm)
 }

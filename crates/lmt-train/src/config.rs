@@ -78,10 +78,13 @@ pub enum ModelConfig {
         /// The average-pooling shortcut variant (the authors' `svhn_avg` runs).
         #[serde(default)]
         avg_pool_shortcut: bool,
+        /// After every BN: `relu` (the authors') or `minmax`.
+        #[serde(default, skip_serializing_if = "Activation::is_relu")]
+        activation: Activation,
     },
 }
 
-/// The activation between the layers of a built-in MNIST network.
+/// The activation between the layers of a built-in network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
