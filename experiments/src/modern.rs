@@ -22,7 +22,7 @@ use lmt_analysis::plot::{self, PointGroup, ScatterChart};
 use lmt_analysis::{write_atomic, Table};
 use lmt_eval::metrics::{certified_accuracy, median, Proportion};
 use lmt_eval::CertificateRow;
-use lmt_train::{Method, TrainConfig};
+use lmt_train::{Activation, Method, ModelConfig, TrainConfig};
 
 use crate::certify::{CertifyArgs, MethodName};
 use crate::run::{load_config, manifest};
@@ -61,12 +61,14 @@ enum Knob {
     GloroEps,
 }
 
-/// One method family: a config, the knob it sweeps and the values tried.
+/// One method family: a config, the knob it sweeps and the values tried, on the config's network with
+/// ReLU or with MinMax.
 #[derive(Debug, Clone, Copy)]
 struct Family {
     label: &'static str,
     config: &'static str,
     network: &'static str,
+    minmax: bool,
     knob: Knob,
     values: &'static [f64],
 }
@@ -77,11 +79,12 @@ const C_VALUES: &[f64] = &[0.25, 0.5, 1.0, 1.58, 2.0, 3.0];
 /// goes on to 4 and 5 (the uncapped loss already collapses to a constant network at 3).
 const C_VALUES_CAPPED: &[f64] = &[0.25, 0.5, 1.0, 1.58, 2.0, 3.0, 4.0, 5.0];
 
-const FAMILIES: [Family; 3] = [
+const FAMILIES: [Family; 5] = [
     Family {
         label: "LMT (Prop. 2, capped: the authors' code)",
         config: "modern_kw_lmt",
         network: "Kolter-Wong CNN",
+        minmax: false,
         knob: Knob::LmtC { capped: true },
         values: C_VALUES_CAPPED,
     },
@@ -89,6 +92,7 @@ const FAMILIES: [Family; 3] = [
         label: "LMT (Prop. 2, uncapped: the paper's Alg. 1)",
         config: "modern_kw_lmt",
         network: "Kolter-Wong CNN",
+        minmax: false,
         knob: Knob::LmtC { capped: false },
         values: C_VALUES,
     },
@@ -96,8 +100,26 @@ const FAMILIES: [Family; 3] = [
         label: "GloRo-style loss",
         config: "modern_kw_gloro",
         network: "Kolter-Wong CNN",
+        minmax: false,
         knob: Knob::GloroEps,
         values: &[1.0, 1.58, 2.0, 2.5],
+    },
+    // MinMax in place of ReLU (gradient-norm preserving, as in GloRo and BCOP), on a coarser grid.
+    Family {
+        label: "LMT (Prop. 2, capped), MinMax",
+        config: "modern_kw_lmt",
+        network: "Kolter-Wong CNN (MinMax)",
+        minmax: true,
+        knob: Knob::LmtC { capped: true },
+        values: &[3.0, 1.58, 5.0],
+    },
+    Family {
+        label: "GloRo-style loss, MinMax",
+        config: "modern_kw_gloro",
+        network: "Kolter-Wong CNN (MinMax)",
+        minmax: true,
+        knob: Knob::GloroEps,
+        values: &[1.58, 2.5],
     },
 ];
 
@@ -126,13 +148,16 @@ pub const PUBLISHED: [(f64, f64, &str, &str); 9] = [
 impl Family {
     /// The run name of one setting (also its directory and its config's `name`).
     fn run_name(&self, v: f64) -> String {
+        let base = if self.minmax {
+            format!("{}_minmax", self.config)
+        } else {
+            self.config.to_string()
+        };
         match self.knob {
-            Knob::LmtC { capped } => format!(
-                "{}_{}_c{v}",
-                self.config,
-                if capped { "capped" } else { "uncapped" }
-            ),
-            Knob::GloroEps => format!("{}_eps{v}", self.config),
+            Knob::LmtC { capped } => {
+                format!("{base}_{}_c{v}", if capped { "capped" } else { "uncapped" })
+            }
+            Knob::GloroEps => format!("{base}_eps{v}"),
         }
     }
 
@@ -147,6 +172,13 @@ impl Family {
     fn config_with(&self, v: f64) -> Result<TrainConfig> {
         let (mut cfg, path) = load_config(self.config)?;
         cfg.name = self.run_name(v);
+        if self.minmax {
+            match &mut cfg.model {
+                ModelConfig::KolterWong { activation }
+                | ModelConfig::FourCThreeF { activation } => *activation = Activation::Minmax,
+                other => bail!("{}: {other:?} has no MinMax variant here", path.display()),
+            }
+        }
         match (&mut cfg.method, self.knob) {
             (Method::Lmt { c, capped, .. }, Knob::LmtC { capped: want }) => {
                 *c = v;
@@ -365,9 +397,11 @@ pub fn modern(a: &ModernArgs) -> Result<()> {
             });
         if let Some(b) = best {
             if let Some(&(_, large)) = LARGER.iter().find(|(kw, _)| *kw == b.family.config) {
+                // The 4C3F configs have MinMax already.
                 let f = Family {
                     config: large,
                     network: "4C3F (MinMax)",
+                    minmax: false,
                     ..b.family
                 };
                 let epochs = f.config_with(b.value)?.plan(st.long_profile)?.epochs;
@@ -498,12 +532,11 @@ fn write_outputs(
     let pct = |p: Proportion| 100.0 * p.value();
     let ours = |radius: f64| -> Vec<PointGroup> {
         let mut groups: Vec<PointGroup> = Vec::new();
-        let networks = ["Kolter-Wong CNN", "4C3F (MinMax)"];
         for (i, f) in FAMILIES.iter().enumerate() {
             for (stage, network, offset) in [
-                ("sweep (validation)", networks[0], 0),
-                ("long (test)", networks[0], 3),
-                ("long (test)", networks[1], 6),
+                ("sweep (validation)", f.network, 0),
+                ("long (test)", f.network, 5),
+                ("long (test)", "4C3F (MinMax)", 10),
             ] {
                 let points: Vec<(f64, f64, String)> = evaluated
                     .iter()
@@ -523,7 +556,7 @@ fn write_outputs(
                     groups.push(PointGroup {
                         name: format!("{} — {network}, {stage}", f.label),
                         points,
-                        color: i + offset,
+                        color: if offset == 10 { 10 } else { i + offset },
                         hollow: false,
                     });
                 }
@@ -538,7 +571,7 @@ fn write_outputs(
             .iter()
             .map(|&(c, r, l, n)| (c, r, format!("{l} [{n}]")))
             .collect(),
-        color: 5,
+        color: 11,
         hollow: true,
     });
     let panel = |radius: f64, groups: Vec<PointGroup>| ScatterChart {

@@ -718,8 +718,9 @@ fn modern_sweeps_on_a_validation_split_and_writes_table_summary_and_figure() {
         .iter()
         .filter(|r| r[stage].starts_with("long"))
         .collect();
-    // Three families on the Kolter-Wong CNN, and the best of them once more on 4C3F.
-    assert_eq!((sweep.len(), long.len()), (3, 4), "{t}");
+    // Five families on the Kolter-Wong CNN (three with ReLU, two with MinMax), and the best of them once
+    // more on 4C3F.
+    assert_eq!((sweep.len(), long.len()), (5, 6), "{t}");
     assert!(long.iter().any(|r| r[2].starts_with("4C3F")), "{t}");
     assert!(
         sweep.iter().all(|r| &r[points] == "500"),

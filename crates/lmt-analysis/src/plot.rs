@@ -94,13 +94,19 @@ pub struct GreyImage {
     pub pixels: Vec<f32>,
 }
 
-const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
     RGBColor(90, 90, 90),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(255, 187, 120),
+    RGBColor(0, 0, 0),
 ];
 
 fn color(i: usize) -> RGBColor {
