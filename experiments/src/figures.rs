@@ -625,6 +625,19 @@ pub fn curves(a: &AnalysisArgs) -> Result<()> {
                 dashed: true,
             });
         }
+        // The modern yardstick's radii, where certified accuracy is compared today.
+        for (k, r) in crate::modern::RADII.iter().enumerate() {
+            series.push(Series {
+                name: if k == 0 {
+                    "radii 0.5 / 1.0 / 1.58".into()
+                } else {
+                    String::new()
+                },
+                points: vec![(*r, 0.0), (*r, 1.0)],
+                color: 5,
+                dashed: true,
+            });
+        }
         panels.push(LineChart {
             title: name,
             x_label: "L2 radius".into(),

@@ -11,7 +11,7 @@ use crate::{AnalysisError, Result};
 /// One curve of a line chart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
-    /// Legend entry.
+    /// Legend entry (none when empty).
     pub name: String,
     /// Points in drawing order.
     pub points: Vec<(f64, f64)>,
@@ -227,9 +227,12 @@ fn draw_panels<DB: DrawingBackend>(
                     .draw_series(LineSeries::new(s.points.iter().copied(), style))
                     .map_err(|e| e.to_string())?
             };
-            series.label(&s.name).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-            });
+            // A series without a name (a second reference line, say) gets no legend entry.
+            if !s.name.is_empty() {
+                series.label(&s.name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            }
         }
         chart
             .configure_series_labels()
