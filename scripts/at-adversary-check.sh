@@ -24,10 +24,11 @@ for m in $models; do
       --test-subset "$points" --out "$out/${m//\//_}_$objective" > /dev/null
   done
 done
-python3 - "$out" "$points" "$(( $(date +%s) - start ))" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates experiments || echo -dirty)" $models <<'PY'
-import csv, json, os, platform, sys
+PYTHONPATH=scripts python3 - "$out" "$points" "$(( $(date +%s) - start ))" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates experiments || echo -dirty)" $models <<'PY'
+import csv, sys
+from checks import write_csv, write_manifest
 out, points, wall, rev, *models = sys.argv[1:]
-rows = []
+rows, sources = [], []
 for m in models:
     for objective in ("sum", "mean"):
         d = f"{out}/{m.replace('/', '_')}_{objective}"
@@ -36,29 +37,13 @@ for m in models:
         at_start = sum(x["success"] == "true" and float(x["distance"] or "nan") == 0.0 for x in r)
         rows.append([m, objective, len(r), broken, at_start, f"{broken / len(r):.4f}",
                      "empirical (attack successes of the AT adversary)"])
-tmp = f"{out}/comparison.csv.tmp"
-with open(tmp, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["model", "objective", "points", "broken", "misclassified_before_attack", "success_rate", "kind"])
-    w.writerows(rows)
-os.replace(tmp, f"{out}/comparison.csv")
-first = json.load(open(f"{out}/{models[0].replace('/', '_')}_sum/attack_cw_manifest.json"))
-manifest = {
-    "experiment": "at_adversary",
-    "profile": "paper and quick",
-    "reduced": True,
-    "config": f"C&W L2 30 iterations x 1 binary step, c = 1, lr 0.01, batches of 50, on the first {points} MNIST test points of {', '.join(models)}; batch-sum against batch-mean objective",
-    "git_revision": rev,
-    "seed": first["seed"],
-    "dataset": first["dataset"],
-    "data_checksums": first["data_checksums"],
-    "machine": f"{platform.system().lower()} {platform.machine()}, {os.cpu_count()} logical cores",
-    "wall_seconds": float(wall),
-    "command": "scripts/at-adversary-check.sh " + points,
-}
-tmp = f"{out}/manifest.json.tmp"
-open(tmp, "w").write(json.dumps(manifest, indent=2) + "\n")
-os.replace(tmp, f"{out}/manifest.json")
+        sources.append(f"{d}/attack_cw_manifest.json")
+write_csv(f"{out}/comparison.csv",
+          ["model", "objective", "points", "broken", "misclassified_before_attack", "success_rate", "kind"], rows)
+write_manifest(f"{out}/comparison.csv", experiment="at_adversary", profile="paper and quick",
+               config=f"C&W L2 30 iterations x 1 binary step, c = 1, lr 0.01, batches of 50, on the first {points} MNIST test points of {', '.join(models)}; batch-sum against batch-mean objective",
+               git_revision=rev, wall_seconds=wall, command="scripts/at-adversary-check.sh " + points,
+               source_manifests=sources)
 for r in rows:
     print(f"{r[0]} ({r[1]}): broke {r[3]} of {r[2]} (of them {r[4]} misclassified before the attack)")
 PY

@@ -17,8 +17,9 @@ for cfg in "50 1 s50r1" "100 2 s100r2"; do
   target/release/experiments attack --checkpoint "$ckpt" --svhn-stand-in --attack pgd --epsilon "$eps" \
     --pgd-steps "$1" --restarts "$2" --test-subset "$points" --out "$out/$3"
 done
-python3 - "$out" "$eps" "$points" "$(( $(date +%s) - start ))" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates experiments || echo -dirty)" <<'PY'
-import csv, json, os, platform, sys
+PYTHONPATH=scripts python3 - "$out" "$eps" "$points" "$(( $(date +%s) - start ))" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates experiments || echo -dirty)" <<'PY'
+import csv, sys
+from checks import write_csv, write_manifest
 out, eps, points, wall, rev = sys.argv[1:]
 name = f"attack_pgd_{float(eps):g}.csv"
 runs = {k: {r["index"]: r["success"] == "true" for r in csv.DictReader(open(f"{out}/{k}/{name}"))}
@@ -27,30 +28,13 @@ a, b = runs["s50r1"], runs["s100r2"]
 only_doubled = sum(1 for i in a if not a[i] and b[i])
 only_quick = sum(1 for i in a if a[i] and not b[i])
 n = len(a)
-tmp = f"{out}/comparison.csv.tmp"
-with open(tmp, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["epsilon", "points", "broken_50x1", "broken_100x2", "only_100x2", "only_50x1", "kind"])
-    w.writerow([eps, n, sum(a.values()), sum(b.values()), only_doubled, only_quick,
-                "empirical (attack successes; REDUCED quick-profile model)"])
-os.replace(tmp, f"{out}/comparison.csv")
-seed_manifest = json.load(open(f"{out}/s50r1/{name[:-4]}_manifest.json"))
-manifest = {
-    "experiment": "pgd_doubling",
-    "profile": "quick",
-    "reduced": True,
-    "config": f"PGD-L2 at epsilon {eps} on the first {points} test points of the quick weight-decay model: 50 steps x 1 restart against 100 steps x 2 restarts",
-    "git_revision": rev,
-    "seed": seed_manifest["seed"],
-    "dataset": seed_manifest["dataset"],
-    "data_checksums": seed_manifest["data_checksums"],
-    "model_sha256": seed_manifest["provenance"]["model_sha256"],
-    "machine": f"{platform.system().lower()} {platform.machine()}, {os.cpu_count()} logical cores",
-    "wall_seconds": float(wall),
-    "command": "scripts/pgd-doubling.sh " + " ".join([eps, points]),
-}
-tmp = f"{out}/manifest.json.tmp"
-open(tmp, "w").write(json.dumps(manifest, indent=2) + "\n")
-os.replace(tmp, f"{out}/manifest.json")
+write_csv(f"{out}/comparison.csv",
+          ["epsilon", "points", "broken_50x1", "broken_100x2", "only_100x2", "only_50x1", "kind"],
+          [[eps, n, sum(a.values()), sum(b.values()), only_doubled, only_quick,
+            "empirical (attack successes; REDUCED quick-profile model)"]])
+write_manifest(f"{out}/comparison.csv", experiment="pgd_doubling", profile="quick",
+               config=f"PGD-L2 at epsilon {eps} on the first {points} test points of the quick weight-decay model: 50 steps x 1 restart against 100 steps x 2 restarts",
+               git_revision=rev, wall_seconds=wall, command="scripts/pgd-doubling.sh " + " ".join([eps, points]),
+               source_manifests=[f"{out}/{k}/{name[:-4]}_manifest.json" for k in ("s50r1", "s100r2")])
 print(f"PGD at {eps}: 100x2 broke {only_doubled} points that 50x1 did not (and missed {only_quick}) of {n}")
 PY
