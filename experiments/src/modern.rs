@@ -27,6 +27,7 @@ use lmt_train::{Activation, Method, ModelConfig, TrainConfig};
 use crate::certify::{CertifyArgs, MethodName};
 use crate::run::{load_config, manifest};
 use crate::subject::ModelArgs;
+use crate::summary::percent_cell as cell;
 use crate::DataArgs;
 
 /// Flags of `modern`.
@@ -197,6 +198,9 @@ impl Family {
 /// One certified evaluation: a table row.
 struct Evaluated {
     stage: String,
+    /// The profile the run trained under, and whether that budget is reduced.
+    profile: String,
+    reduced: bool,
     family: Family,
     value: f64,
     epochs: usize,
@@ -217,6 +221,10 @@ impl Evaluated {
     }
     fn certified(&self, e: f64) -> Proportion {
         certified_accuracy(&self.radii(), e)
+    }
+    /// What the choice maximises: certified accuracy at 1.58, then clean accuracy.
+    fn rank(&self) -> (f64, f64) {
+        (self.certified(1.58).value(), self.clean().value())
     }
 }
 
@@ -257,13 +265,15 @@ fn stages(budget: &str) -> Stages {
     }
 }
 
-/// Trains one setting under `profile` into `dir` (resuming; `stop_epoch` stops there with a checkpoint).
+/// Trains one setting under `profile` into `dir` (resuming; `stop_epoch` stops there with a checkpoint;
+/// `train_images`: the training set's size, which fixes the steps per epoch).
 fn train_setting(
     a: &ModernArgs,
     cfg: &TrainConfig,
     profile: &str,
     dir: &Path,
     stop_epoch: Option<usize>,
+    train_images: usize,
 ) -> Result<()> {
     let file = tempfile::Builder::new()
         .suffix(".yaml")
@@ -273,7 +283,7 @@ fn train_setting(
     let stop_after_steps = match stop_epoch {
         Some(e) => {
             let plan = cfg.plan(profile)?;
-            let n = 60_000 - plan.validation;
+            let n = train_images - plan.validation;
             let n = plan.train_subset.map_or(n, |s| s.min(n));
             Some(e * n.div_ceil(cfg.batch_size))
         }
@@ -334,6 +344,7 @@ fn wall_seconds(manifest: &Path) -> f64 {
 pub fn modern(a: &ModernArgs) -> Result<()> {
     let started = Instant::now();
     let st = stages(&a.budget);
+    let data = lmt_data::load_mnist(&a.data.mnist_dir).context("loading MNIST")?;
     let root = a.results.join(st.name);
     let mut evaluated = Vec::new();
     for f in FAMILIES {
@@ -346,10 +357,12 @@ pub fn modern(a: &ModernArgs) -> Result<()> {
             let cfg = f.config_with(v)?;
             let dir = root.join("sweep").join(&cfg.name);
             eprintln!("== modern sweep: {} {}", f.label, f.setting(v));
-            train_setting(a, &cfg, st.sweep_profile, &dir, None)?;
+            train_setting(a, &cfg, st.sweep_profile, &dir, None, data.train.len())?;
             let rows = certify(a, &dir.join("checkpoint.safetensors"), true, None)?;
             evaluated.push(Evaluated {
                 stage: "sweep (validation)".into(),
+                profile: st.sweep_profile.into(),
+                reduced: cfg.plan(st.sweep_profile)?.reduced,
                 family: f,
                 value: v,
                 epochs: cfg.plan(st.sweep_profile)?.epochs,
@@ -366,9 +379,8 @@ pub fn modern(a: &ModernArgs) -> Result<()> {
             .iter()
             .filter(|e| e.family.label == f.label)
             .max_by(|x, y| {
-                let key = |e: &Evaluated| (e.certified(1.58).value(), e.clean().value());
-                key(x)
-                    .partial_cmp(&key(y))
+                x.rank()
+                    .partial_cmp(&y.rank())
                     .unwrap_or(std::cmp::Ordering::Equal)
             });
         if let Some(b) = best {
@@ -378,7 +390,7 @@ pub fn modern(a: &ModernArgs) -> Result<()> {
                 f.setting(b.value),
                 b.certified(1.58)
             );
-            chosen.push((f, b.value, (b.certified(1.58).value(), b.clean().value())));
+            chosen.push((f, b.value, b.rank()));
         }
     }
     chosen.sort_by(|x, y| y.2.partial_cmp(&x.2).unwrap_or(std::cmp::Ordering::Equal));
@@ -397,9 +409,8 @@ pub fn modern(a: &ModernArgs) -> Result<()> {
                     .any(|(f, v)| f.label == e.family.label && *v == e.value)
             })
             .max_by(|x, y| {
-                let key = |e: &Evaluated| (e.certified(1.58).value(), e.clean().value());
-                key(x)
-                    .partial_cmp(&key(y))
+                x.rank()
+                    .partial_cmp(&y.rank())
                     .unwrap_or(std::cmp::Ordering::Equal)
             });
         if let Some(b) = best {
@@ -438,7 +449,7 @@ pub fn modern(a: &ModernArgs) -> Result<()> {
                             f.setting(v),
                             f.network
                         );
-                        train_setting(a, &cfg, st.long_profile, &dir, Some(e))?;
+                        train_setting(a, &cfg, st.long_profile, &dir, Some(e), data.train.len())?;
                     }
                     std::fs::create_dir_all(&at)?;
                     for name in ["config.yaml", "manifest.json"] {
@@ -453,6 +464,8 @@ pub fn modern(a: &ModernArgs) -> Result<()> {
                 let rows = certify(a, &ckpt, false, st.test_points)?;
                 evaluated.push(Evaluated {
                     stage: "long (test)".into(),
+                    profile: st.long_profile.into(),
+                    reduced: cfg.plan(st.long_profile)?.reduced,
                     family: f,
                     value: v,
                     epochs: e,
@@ -463,7 +476,7 @@ pub fn modern(a: &ModernArgs) -> Result<()> {
             }
         }
     }
-    write_outputs(a, &st, &evaluated, &chosen, started)
+    write_outputs(a, &st, &evaluated, &chosen, &data, started)
 }
 
 fn write_outputs(
@@ -471,11 +484,13 @@ fn write_outputs(
     st: &Stages,
     evaluated: &[Evaluated],
     chosen: &[(Family, f64)],
+    data: &lmt_data::Dataset,
     started: Instant,
 ) -> Result<()> {
     let root = a.results.join(st.name);
-    let reduced = a.budget == "smoke";
-    let budget = if reduced {
+    // Every row says whether its run is reduced (the sweep's runs are: they hold images out).
+    let reduced = evaluated.iter().any(|e| e.reduced) || a.budget == "smoke";
+    let budget = if a.budget == "smoke" {
         "REDUCED (smoke budget)".to_string()
     } else {
         "modern".to_string()
@@ -528,7 +543,11 @@ fn write_outputs(
             format!("{:.1}", e.train_seconds),
             if is_chosen { "yes" } else { "no" }.to_string(),
             e.dir.display().to_string(),
-            budget.clone(),
+            if e.reduced {
+                format!("REDUCED ({} profile)", e.profile)
+            } else {
+                format!("{} profile, whole training set", e.profile)
+            },
         ]);
         t.push(row);
     }
@@ -610,7 +629,6 @@ fn write_outputs(
     )?;
     write_summary(&root, evaluated, chosen, &budget)?;
 
-    let data = lmt_data::load_mnist(&a.data.mnist_dir).context("loading MNIST")?;
     let config = FAMILIES
         .iter()
         .map(|f| format!("{}: {} over {:?}", f.label, f.config, f.values))
@@ -622,7 +640,7 @@ fn write_outputs(
         reduced,
         config,
         0,
-        &data,
+        data,
         started.elapsed().as_secs_f64(),
     )
     .write(&root.join("table_manifest.json"))?;
@@ -633,16 +651,6 @@ fn write_outputs(
         fig.display()
     );
     Ok(())
-}
-
-fn cell(p: Proportion) -> String {
-    let (lo, hi) = p.wilson95();
-    format!(
-        "{:.2} [{:.2}, {:.2}]",
-        100.0 * p.value(),
-        100.0 * lo,
-        100.0 * hi
-    )
 }
 
 fn write_summary(

@@ -333,6 +333,17 @@ pub fn summary(a: &AnalysisArgs) -> Result<()> {
     Ok(())
 }
 
+/// A proportion as a percentage with its 95% Wilson interval, `12.34 [11.00, 13.70]`.
+pub fn percent_cell(p: lmt_eval::metrics::Proportion) -> String {
+    let (lo, hi) = p.wilson95();
+    format!(
+        "{:.2} [{:.2}, {:.2}]",
+        100.0 * p.value(),
+        100.0 * lo,
+        100.0 * hi
+    )
+}
+
 /// Certified accuracy of every MNIST run at the modern yardstick's radii (0.5, 1.0 and 1.58, the L2 ball
 /// with the volume of the Linf 0.1 ball), from its certificates, with 95% Wilson intervals; the paper
 /// reports median radii only, so there is no paper column.
@@ -353,25 +364,16 @@ fn yardstick_section(root: &Path) -> Result<String> {
         any = true;
         let rows: Vec<lmt_eval::CertificateRow> = lmt_eval::read_csv_file(&path)?;
         let sum = lmt_eval::CertifySummary::of(&rows);
-        let pct = |p: &lmt_eval::metrics::Proportion| {
-            let (lo, hi) = p.wilson95();
-            format!(
-                "{:.2} [{:.2}, {:.2}]",
-                100.0 * p.value(),
-                100.0 * lo,
-                100.0 * hi
-            )
-        };
         let at = |e: f64| {
             sum.certified
                 .iter()
                 .find(|(r, _)| *r == e)
-                .map_or("-".to_string(), |(_, p)| pct(p))
+                .map_or("-".to_string(), |(_, p)| percent_cell(*p))
         };
         s.push_str(&format!(
             "| {label} ({config}) | {} | {} | {} | {} | {} |\n",
             rows.len(),
-            pct(&sum.clean),
+            percent_cell(sum.clean),
             at(0.5),
             at(1.0),
             at(1.58)

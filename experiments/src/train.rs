@@ -97,11 +97,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
     }
     let data = load_data(&cfg.dataset, &args.data)?;
-    // The loop holds the validation images out itself; this copy names the split in the manifest.
-    let shown = match plan.validation {
-        0 => None,
-        n => data.validation_split(n),
-    };
+    // The loop holds the validation images out itself; outputs name the split.
+    let data_name = data
+        .validation_name(plan.validation)
+        .unwrap_or_else(|| data.name.clone());
     let built = build(
         &plan.model,
         cfg.seed,
@@ -113,7 +112,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg.name,
         plan.profile,
         if plan.reduced { ", REDUCED budget" } else { "" },
-        shown.as_ref().unwrap_or(&data).name,
+        data_name,
         plan.epochs,
         out.display()
     );
@@ -148,15 +147,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         eprintln!("epoch {:>3}: loss {:.4} train acc {:.4} test acc {:.4} c {} est. bound {:.4} ({:.1} s)", e.epoch, e.train_loss, e.train_accuracy, e.test_accuracy, e.c, e.estimated_bound, e.seconds);
     }
     let wall = earlier_seconds + started.elapsed().as_secs_f64();
-    let manifest = manifest(
+    let mut manifest = manifest(
         format!("train {}", cfg.name),
         &plan.profile,
         plan.reduced,
         resolved,
         cfg.seed,
-        shown.as_ref().unwrap_or(&data),
+        &data,
         wall,
     );
+    manifest.dataset = data_name;
     manifest.write(&out.join("manifest.json"))?;
     eprintln!("checkpoint: {}", summary.checkpoint.display());
     Ok(())

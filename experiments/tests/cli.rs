@@ -682,15 +682,18 @@ fn modern_sweeps_on_a_validation_split_and_writes_table_summary_and_figure() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (results, figures) = (dir.path().join("r"), dir.path().join("f"));
-    let r = experiments(&[
-        "modern",
-        "--budget",
-        "smoke",
-        "--results",
-        results.to_str().unwrap(),
-        "--figures",
-        figures.to_str().unwrap(),
-    ]);
+    let modern = || {
+        experiments(&[
+            "modern",
+            "--budget",
+            "smoke",
+            "--results",
+            results.to_str().unwrap(),
+            "--figures",
+            figures.to_str().unwrap(),
+        ])
+    };
+    let r = modern();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let root = results.join("modern-smoke");
     let t = std::fs::read_to_string(root.join("table.csv")).unwrap();
@@ -753,15 +756,7 @@ fn modern_sweeps_on_a_validation_split_and_writes_table_summary_and_figure() {
     }
     assert!(root.join("table_manifest.json").is_file());
     // A second run reuses everything: no training, no certification.
-    let again = experiments(&[
-        "modern",
-        "--budget",
-        "smoke",
-        "--results",
-        results.to_str().unwrap(),
-        "--figures",
-        figures.to_str().unwrap(),
-    ]);
+    let again = modern();
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(
         again.status.success() && !err.contains("certified upper bounds"),

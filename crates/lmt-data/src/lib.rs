@@ -55,20 +55,27 @@ impl Dataset {
     /// its last `n`, so hyper-parameters are chosen without the test set. The name says so, and the
     /// test split is not part of the result. `None` unless `0 < n < train.len()`.
     pub fn validation_split(&self, n: usize) -> Option<Dataset> {
+        let name = self.validation_name(n)?;
+        let keep = self.train.len() - n;
+        Some(Dataset {
+            name,
+            train: self.train.take(keep),
+            test: self.train.skip(keep),
+            files: self.files.clone(),
+        })
+    }
+
+    /// The name of [`Dataset::validation_split`]`(n)` (`None` where it is `None`), without copying images.
+    pub fn validation_name(&self, n: usize) -> Option<String> {
         let keep = self
             .train
             .len()
             .checked_sub(n)
             .filter(|&k| k > 0 && n > 0)?;
-        Some(Dataset {
-            name: format!(
-                "{} VALIDATION split (trained on the first {keep} training images, evaluated on the last {n}; no test image)",
-                self.name
-            ),
-            train: self.train.take(keep),
-            test: self.train.skip(keep),
-            files: self.files.clone(),
-        })
+        Some(format!(
+            "{} VALIDATION split (trained on the first {keep} training images, evaluated on the last {n}; no test image)",
+            self.name
+        ))
     }
 
     /// True when every file's digest matched a published one.

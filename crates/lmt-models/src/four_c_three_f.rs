@@ -7,8 +7,9 @@
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
-use crate::kolter_wong::{activation_module, he_conv, hidden_activation, lecun_fc};
+use crate::kolter_wong::{he_conv, lecun_fc};
 use crate::lip::{Ctx, Lip, LipModule};
+use crate::simple::{activation_module, hidden_activation};
 use crate::{forward_seq, Act, Classifier, ConvCfg, Flatten, Graph, LipConv2d, LipLinear, Op};
 use crate::{Output, Result};
 

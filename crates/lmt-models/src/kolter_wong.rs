@@ -9,9 +9,8 @@ use candle_nn::VarMap;
 
 use crate::init::{param, Init};
 use crate::lip::{Ctx, Lip, LipModule};
-use crate::{
-    forward_seq, Act, ConvCfg, Flatten, Graph, LipConv2d, LipLinear, MinMax, Op, Relu, Result,
-};
+use crate::simple::{activation_module, hidden_activation};
+use crate::{forward_seq, Act, ConvCfg, Flatten, Graph, LipConv2d, LipLinear, Op, Result};
 
 /// The network; the last layer is kept apart for Prop. 2.
 #[derive(Debug, Clone)]
@@ -81,25 +80,6 @@ impl KolterWong {
             fc2: lecun_fc(varmap, "fc2", 100, 10, seed, device)?,
             act: hidden_activation(act)?,
         })
-    }
-}
-
-/// The activations a built-in network takes between its layers.
-pub(crate) fn hidden_activation(act: Act) -> Result<Act> {
-    match act {
-        Act::Relu | Act::MinMax => Ok(act),
-        other => Err(crate::config(
-            "activation",
-            format!("{other:?} is not offered for built-in networks; use ReLU or MinMax"),
-        )),
-    }
-}
-
-/// The module of a hidden activation (see [`hidden_activation`]).
-pub(crate) fn activation_module(act: Act) -> &'static dyn LipModule {
-    match act {
-        Act::MinMax => &MinMax,
-        _ => &Relu,
     }
 }
 

@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use rand::Rng;
 
 use crate::lip::{Ctx, Lip, LipModule};
+use crate::Act;
 use crate::{error::config, Result};
 
 /// max(0, x), 1-Lipschitz.
@@ -43,6 +44,25 @@ pub(crate) fn min_max(x: &Tensor) -> Result<Tensor> {
 impl LipModule for MinMax {
     fn forward_lip(&self, x: &Tensor, lip: Lip, _: &Ctx) -> Result<(Tensor, Lip)> {
         Ok((min_max(x)?, lip))
+    }
+}
+
+/// The activations a built-in network takes between its layers.
+pub(crate) fn hidden_activation(act: Act) -> Result<Act> {
+    match act {
+        Act::Relu | Act::MinMax => Ok(act),
+        other => Err(config(
+            "activation",
+            format!("{other:?} is not offered for built-in networks; use ReLU or MinMax"),
+        )),
+    }
+}
+
+/// The module of a hidden activation (see [`hidden_activation`]).
+pub(crate) fn activation_module(act: Act) -> &'static dyn LipModule {
+    match act {
+        Act::MinMax => &MinMax,
+        _ => &Relu,
     }
 }
 

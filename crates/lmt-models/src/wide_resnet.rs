@@ -229,7 +229,7 @@ impl WideResNet {
             pool: Pool2d::new(PoolKind::Avg, 8, 1)?,
             fc: LipLinear::new(fc_w, Some(fc_b), "fc")?,
             buffers,
-            act: crate::kolter_wong::hidden_activation(cfg.activation)?,
+            act: crate::simple::hidden_activation(cfg.activation)?,
         })
     }
 }
@@ -240,7 +240,7 @@ impl Classifier for WideResNet {
         let (mut a, mut l_a) = self.stem.forward_lip(x, lip, ctx)?;
         let mut raw: Option<(Tensor, Lip)> = None;
         for block in &self.blocks {
-            let act = crate::kolter_wong::activation_module(self.act);
+            let act = crate::simple::activation_module(self.act);
             let layers: [&dyn LipModule; 4] = [&block.convbn1, act, &block.dropout, &block.conv2];
             let branch = forward_seq(&layers, &a, l_a.clone(), ctx)?;
             let shortcut = match &block.shortcut {
@@ -262,7 +262,7 @@ impl Classifier for WideResNet {
                 }
             };
             let (x_new, l_x) = residual_add(branch, shortcut)?;
-            let act = crate::kolter_wong::activation_module(self.act);
+            let act = crate::simple::activation_module(self.act);
             (a, l_a) = forward_seq(&[&block.bn, act], &x_new, l_x.clone(), ctx)?;
             raw = Some((x_new, l_x));
         }

@@ -329,21 +329,15 @@ pub fn train(
                     let loss = cross_entropy(&out.logits, &y)?;
                     (out.logits, loss)
                 }
-                Method::Lmt {
-                    proposition,
-                    capped,
-                    ..
-                } => {
+                Method::Lmt { .. } | Method::Gloro { .. } => {
+                    // c (eps for GloRo) starts the carried estimate, so it comes back as c L or c L_sub.
                     let out = model.forward(
                         &x,
                         Lip::Estimate(LipEstimate::one(&device)?.scale(c)?),
                         &ctx,
                     )?;
-                    let carried = if *proposition == 2 {
-                        &out.l_sub
-                    } else {
-                        &out.l
-                    };
+                    let whole = matches!(plan.method, Method::Lmt { proposition: 1, .. });
+                    let carried = if whole { &out.l } else { &out.l_sub };
                     // A model must return the kind of number it was given; MixedLip says one did not.
                     let c_l = carried
                         .estimate()
@@ -351,29 +345,17 @@ pub fn train(
                         .tensor()
                         .clone();
                     estimate = c_l.to_dtype(DType::F64)?.to_scalar::<f64>()? / c;
-                    let z = if *proposition == 2 {
-                        lmt_logits_prop2(&out.logits, &y, &c_l, &last_weight, *capped)?
-                    } else {
-                        lmt_logits_prop1(&out.logits, &y, &c_l, *capped)?
+                    let z = match &plan.method {
+                        Method::Lmt {
+                            proposition: 2,
+                            capped,
+                            ..
+                        } => lmt_logits_prop2(&out.logits, &y, &c_l, &last_weight, *capped)?,
+                        Method::Lmt { capped, .. } => {
+                            lmt_logits_prop1(&out.logits, &y, &c_l, *capped)?
+                        }
+                        _ => gloro_logits(&out.logits, &y, &c_l, &last_weight)?,
                     };
-                    let loss = cross_entropy(&z, &y)?;
-                    (out.logits, loss)
-                }
-                Method::Gloro { .. } => {
-                    // c is eps here: the carried estimate is eps L_sub.
-                    let out = model.forward(
-                        &x,
-                        Lip::Estimate(LipEstimate::one(&device)?.scale(c)?),
-                        &ctx,
-                    )?;
-                    let eps_lsub = out
-                        .l_sub
-                        .estimate()
-                        .ok_or(lmt_models::ModelError::MixedLip)?
-                        .tensor()
-                        .clone();
-                    estimate = eps_lsub.to_dtype(DType::F64)?.to_scalar::<f64>()? / c;
-                    let z = gloro_logits(&out.logits, &y, &eps_lsub, &last_weight)?;
                     (out.logits, cross_entropy(&z, &y)?)
                 }
             };
