@@ -7,7 +7,7 @@ PROFILE ?= quick
 # every matmul (shared/reference/candle-cpu-performance.md, lever 2).
 export RAYON_NUM_THREADS ?= 2
 
-.PHONY: all data test fmt-check clippy unit reproduce modern bench bench-compare doc clean
+.PHONY: all data test fmt-check clippy unit reproduce modern bench bench-compare gpu gpu-check doc clean
 
 all: test
 
@@ -51,6 +51,19 @@ bench-compare:
 	test -x $(VENV)/bin/python || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q torch==2.15.0 safetensors numpy)
 	$(CARGO) bench -p experiments --bench workloads --no-run
 	python3 bench/compare.py
+
+## The GPU build, on any machine (no GPU or driver needed to build): CUDA 13.0's compiler and libraries
+## from PyPI into .cuda/ (scripts/cuda-setup.sh), then the `cuda` binaries experiments and gpu-check in
+## target/cuda/release. CUDA_COMPUTE_CAP is the GPU's compute capability (90: H100/H200, 80: A100,
+## 89: L4/RTX 40xx, 86: RTX 30xx); `nvidia-smi --query-gpu=compute_cap --format=csv` tells.
+CUDA_COMPUTE_CAP ?= 90
+gpu:
+	eval "$$(scripts/cuda-setup.sh)" && CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
+	  $(CARGO) build --release --features cuda -p experiments --target-dir target/cuda
+
+## The GPU path against the CPU path (needs a GPU, its driver, and `make gpu` run on any machine before).
+gpu-check: data
+	scripts/gpu-check.sh
 
 doc:
 	$(CARGO) doc --workspace --no-deps

@@ -42,9 +42,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let back = lmt_onnx::load(&path).with_context(|| format!("reading back {}", path.display()))?;
     let data = crate::run::load_data(&t.config.dataset, &args.data)?;
     let idx: Vec<usize> = (0..100.min(data.test.len())).collect();
-    let (x, _) = lmt_eval::batch(&data.test, &idx)?;
+    let (x, _) = lmt_eval::batch(&data.test, &idx, &t.built.model.device())?;
     let ours: Vec<f32> = t.built.model.eval_logits(&x)?.flatten_all()?.to_vec1()?;
-    let theirs: Vec<f32> = lmt_models::Classifier::eval_logits(&back.graph, &x)?
+    let x_back = x.to_device(&lmt_models::Classifier::device(&back.graph))?;
+    let theirs: Vec<f32> = lmt_models::Classifier::eval_logits(&back.graph, &x_back)?
         .flatten_all()?
         .to_vec1()?;
     let worst = ours

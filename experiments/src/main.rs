@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod attack;
 mod certify;
 mod data_info;
+mod device;
 mod export;
 mod figures;
 mod modern;
@@ -24,6 +25,10 @@ mod train;
 #[derive(Debug, Parser)]
 #[command(name = "experiments", version, about)]
 struct Cli {
+    /// Where training, attacks and the analyses' forward passes run: cpu, cuda or cuda:N (a binary
+    /// built by `make gpu`). Certificates are computed in f64 on the CPU whatever the device.
+    #[arg(long, global = true, default_value = "cpu", env = "LMT_DEVICE")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -142,6 +147,7 @@ fn reproduce(a: &pipeline::AnalysisArgs) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    device::set(&cli.device)?;
     match cli.command {
         Command::DataInfo { data } => data_info::run(&data),
         Command::Train(args) => train::run(&args),

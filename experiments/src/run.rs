@@ -9,6 +9,7 @@ use lmt_data::{Dataset, SvhnLabels, SvhnOptions};
 use lmt_models::{Classifier, FourCThreeF, KolterWong, WideResNet, WideResNetCfg};
 use lmt_train::{ModelConfig, TrainConfig};
 
+use crate::device::device;
 use crate::DataArgs;
 
 /// Reads a config given as a path or as the name of a file in `experiments/configs/`.
@@ -91,7 +92,7 @@ impl Built {
                     checkpoint.display()
                 )
             })?;
-            var.set(t).with_context(|| {
+            var.set(&t.to_device(var.device())?).with_context(|| {
                 format!(
                     "{}: tensor `{name}` has shape {:?}, the model needs {:?}",
                     checkpoint.display(),
@@ -227,7 +228,7 @@ pub fn load_trained(checkpoint: &Path) -> Result<Trained> {
 /// `parseval` gives a WRN the Parseval structure (the `parseval` method).
 pub fn build(model: &ModelConfig, seed: u64, parseval: bool) -> Result<Built> {
     let varmap = VarMap::new();
-    let dev = Device::Cpu;
+    let dev = device();
     let model: Box<dyn Classifier> = match model {
         ModelConfig::KolterWong { activation } => Box::new(KolterWong::with_activation(
             &varmap,

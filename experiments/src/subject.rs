@@ -120,6 +120,9 @@ impl Subject {
         }
         let path = m.onnx.as_ref().context("pass --checkpoint or --onnx")?;
         let imported = lmt_onnx::load(path)?;
+        if !crate::device::device().is_cpu() {
+            eprintln!("note: ONNX models are imported onto the CPU and run there; --device applies to checkpoints");
+        }
         let d = match (&m.dataset, &m.idx_images, &m.idx_labels) {
             (_, Some(i), Some(l)) => lmt_data::load_idx_pair(i, l)
                 .with_context(|| format!("loading {} and {}", i.display(), l.display()))?,

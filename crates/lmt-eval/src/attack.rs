@@ -100,8 +100,9 @@ pub fn attack(
     }
     let f = |x: &candle_core::Tensor| model.eval_logits(x);
     let mut rows: Vec<AttackRow> = Vec::with_capacity(indices.len());
+    let device = model.device();
     for chunk in indices.chunks(batch_size) {
-        let (x, labels) = batch(set, chunk)?;
+        let (x, labels) = batch(set, chunk, &device)?;
         let found = spec.run(&f, &x, &labels, chunk[0])?;
         rows.extend(
             chunk

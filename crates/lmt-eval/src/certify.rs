@@ -55,15 +55,15 @@ pub struct Certification {
     pub rows: Vec<CertificateRow>,
 }
 
-/// Images `indices` of `set` as an f32 batch `(B, C, H, W)` in [0, 1] and their labels.
-pub fn batch(set: &ImageSet, indices: &[usize]) -> Result<(Tensor, Vec<usize>)> {
+/// Images `indices` of `set` as an f32 batch `(B, C, H, W)` in [0, 1] on `device`, and their labels.
+pub fn batch(set: &ImageSet, indices: &[usize], device: &Device) -> Result<(Tensor, Vec<usize>)> {
     if let Some(&i) = indices.iter().find(|&&i| i >= set.len()) {
         return Err(invalid(format!(
             "test index {i} is outside the set of {} images",
             set.len()
         )));
     }
-    let (x, _) = lmt_train::batch_tensors(set, indices, &Device::Cpu)?;
+    let (x, _) = lmt_train::batch_tensors(set, indices, device)?;
     Ok((x, indices.iter().map(|&i| set.labels[i] as usize).collect()))
 }
 
@@ -98,7 +98,8 @@ pub fn certified_bounds(
     shape: [usize; 3],
     method: CertifyMethod,
 ) -> Result<(CertifiedBound, CertifiedBound)> {
-    let x0 = Tensor::zeros((1, shape[0], shape[1], shape[2]), DType::F32, &Device::Cpu)?;
+    let dims = (1, shape[0], shape[1], shape[2]);
+    let x0 = Tensor::zeros(dims, DType::F32, &model.device())?;
     let out = model.forward(
         &x0,
         Lip::Certified(CertifiedBound::one()),
@@ -139,7 +140,8 @@ pub fn certify(
         }
         Proposition::One => None,
     };
-    // Margins come from the sound f64 pass, each with a bound on its distance from the exact logits.
+    // Margins come from the sound f64 pass on the CPU, each with a bound on its distance from the
+    // exact logits (so certificates do not depend on the device the model runs on).
     let graph = model.to_graph().map_err(|e| {
         invalid(format!(
             "certification computes sound margins from the model's graph, and this model has none: {e}"
@@ -148,7 +150,7 @@ pub fn certify(
     let mut rows = Vec::with_capacity(indices.len());
     let pass = graph.sound_pass()?;
     for chunk in indices.chunks(cfg.batch) {
-        let (x, labels) = batch(set, chunk)?;
+        let (x, labels) = batch(set, chunk, &Device::Cpu)?;
         let xs: Vec<f64> = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
         let sound = pass.logits(&xs, chunk.len())?;
         let (z, errors, classes) = (&sound.logits, &sound.errors, sound.classes);

@@ -46,7 +46,7 @@ pub fn lower_radii(
     let mut global: Option<PairMatrix> = None;
     let mut k = 0;
     for (bi, chunk) in indices.chunks(LOWER_BATCH).enumerate() {
-        let (x, l) = batch(set, chunk)?;
+        let (x, l) = batch(set, chunk, &model.device())?;
         let zt = f(&x)?;
         k = zt.dim(1)?;
         let z: Vec<f32> = zt.flatten_all()?.to_vec1()?;
@@ -191,7 +191,7 @@ pub fn perturb_by_radius(
     if radii.len() != indices.len() || indices.is_empty() {
         return Err(invalid("one radius per input, and at least one input"));
     }
-    let (x, labels) = batch(set, indices)?;
+    let (x, labels) = batch(set, indices, &model.device())?;
     let f = |x: &Tensor| model.eval_logits(x);
     let adv = deepfool(&f, &x, &labels, &DeepFoolConfig::default())?;
     let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;

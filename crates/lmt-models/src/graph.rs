@@ -93,6 +93,18 @@ pub enum Op {
 }
 
 impl Op {
+    /// The device the op's weights live on; `None` for ops without weights.
+    pub fn device(&self) -> Option<&candle_core::Device> {
+        match self {
+            Op::Conv(c) => Some(c.weight().device()),
+            Op::ConvBn(c) => Some(c.conv().weight().device()),
+            Op::BatchNorm(b) => Some(b.gamma().device()),
+            Op::Linear(l) => Some(l.weight().device()),
+            Op::Scale(t) | Op::Shift(t) => Some(t.device()),
+            _ => None,
+        }
+    }
+
     /// Short name for descriptions and errors.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -147,11 +159,13 @@ pub struct Graph {
     notes: Vec<String>,
 }
 
-/// The shape of `(1, shape...)`, for probing a layer's output shape on a zero input.
-fn probe(shape: &[usize]) -> Result<Tensor> {
+/// A zero input of shape `(1, shape...)` on the device of `op`'s weights, for probing a layer's output
+/// shape (and, in the sound pass, its certified bound).
+pub(crate) fn probe(op: &Op, shape: &[usize]) -> Result<Tensor> {
     let mut dims = vec![1];
     dims.extend_from_slice(shape);
-    Ok(Tensor::zeros(dims, DType::F32, &candle_core::Device::Cpu)?)
+    let dev = op.device().cloned().unwrap_or(candle_core::Device::Cpu);
+    Ok(Tensor::zeros(dims, DType::F32, &dev)?)
 }
 
 /// Checks that a constant broadcasts over a sample of shape `shape` without enlarging it.
@@ -214,7 +228,7 @@ impl Graph {
         let shape: Vec<usize> = match &op {
             Op::Conv(_) | Op::ConvBn(_) | Op::BatchNorm(_) | Op::Pool(_) => {
                 image(s[0])?;
-                let x = probe(s[0])?;
+                let x = probe(&op, s[0])?;
                 let ctx = Ctx::eval(crate::CertifyMethod::Auto);
                 let y = match &op {
                     Op::Conv(c) => c.forward_lip(&x, Lip::None, &ctx),
@@ -320,6 +334,12 @@ impl Graph {
     /// The nodes in topological order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// The device of the graph's weights (those of its first node with weights); `None` when it has
+    /// none.
+    pub fn device(&self) -> Option<&candle_core::Device> {
+        self.nodes.iter().find_map(|n| n.op.device())
     }
 
     /// The node that produces value `v` (none for the input).

@@ -37,6 +37,17 @@ pub trait Classifier {
             "this model has no graph description",
         ))
     }
+    /// The device the network's weights live on: inputs go there. Certified bounds are computed in
+    /// f64 on the CPU from host copies of the weights, whatever the device.
+    fn device(&self) -> candle_core::Device {
+        if let Some(w) = self.last_weight() {
+            return w.device().clone();
+        }
+        self.to_graph()
+            .ok()
+            .and_then(|g| g.device().cloned())
+            .unwrap_or(candle_core::Device::Cpu)
+    }
     /// State that is not trained but must be checkpointed (BN running statistics), by name.
     fn buffers(&self) -> Vec<(String, candle_core::Var)> {
         Vec::new()

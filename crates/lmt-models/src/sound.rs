@@ -8,7 +8,6 @@
 //! carried bound grows as `L delta + ‖local‖` with `L` the node's certified Lipschitz bound; additions add
 //! the branches' bounds, concatenations take their root sum of squares. The input (the f32 image) is exact.
 
-use candle_core::DType;
 use lmt_core::rounding::{carry, dot_error, norm_up, UNIT_ROUNDOFF as U};
 use lmt_core::ConvGeometry;
 use rayon::prelude::*;
@@ -170,9 +169,7 @@ fn conv_prepared(conv: &LipConv2d, dims: &[usize]) -> Result<(ConvGroups, Option
 fn prepare(graph: &Graph) -> Result<Vec<Prepared>> {
     let ctx = Ctx::eval(CertifyMethod::Auto);
     let bound_of = |op: &Op, dims: &[usize]| -> Result<f64> {
-        let mut shape = vec![1];
-        shape.extend_from_slice(dims);
-        let x = candle_core::Tensor::zeros(shape, DType::F32, &candle_core::Device::Cpu)?;
+        let x = crate::graph::probe(op, dims)?;
         let one = Lip::Certified(lmt_core::CertifiedBound::one());
         let lip = match op {
             Op::Conv(c) => crate::LipModule::forward_lip(c, &x, one, &ctx)?.1,

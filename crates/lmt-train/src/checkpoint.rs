@@ -129,7 +129,12 @@ pub fn load(
             "not found; pass the checkpoint.safetensors written by `experiments train`".into(),
         ));
     }
-    let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+    // Straight onto the device the parameters live on, optimiser state and power vectors too.
+    let device = opt
+        .params()
+        .first()
+        .map_or(Device::Cpu, |(_, p)| p.device().clone());
+    let map = candle_core::safetensors::load(path, &device).map_err(|e| {
         err(format!(
             "cannot read ({e}); the file is corrupt or not a safetensors checkpoint"
         ))

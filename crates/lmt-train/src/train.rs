@@ -146,7 +146,10 @@ pub fn train(
     out: &Path,
     opts: RunOptions,
 ) -> Result<Summary> {
-    let device = Device::Cpu;
+    // Training runs where the model's parameters live (the CPU, or a GPU with the `cuda` feature).
+    let device = params
+        .first()
+        .map_or(Device::Cpu, |(_, p)| p.device().clone());
     let cfg = &plan.config;
     let split;
     let data = if plan.validation > 0 {
