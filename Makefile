@@ -7,7 +7,7 @@ PROFILE ?= quick
 # every matmul (shared/reference/candle-cpu-performance.md, lever 2).
 export RAYON_NUM_THREADS ?= 2
 
-.PHONY: all data test fmt-check clippy unit reproduce modern bench bench-compare gpu gpu-check doc clean
+.PHONY: all data test fmt-check clippy unit reproduce modern bench bench-compare gpu gpu-check gpu-pack doc clean
 
 all: test
 
@@ -64,6 +64,13 @@ gpu:
 ## The GPU path against the CPU path (needs a GPU, its driver, and `make gpu` run on any machine before).
 gpu-check: data
 	scripts/gpu-check.sh
+
+## What a GPU machine without Rust needs for scripts/gpu-check.sh, small enough to copy: .gpu/ holds
+## gpu-check stripped and xz-compressed (6 MB) and MNIST's test files gzipped (1.7 MB).
+gpu-pack: gpu data
+	mkdir -p .gpu
+	strip -o .gpu/gpu-check target/cuda/release/gpu-check && xz -f -T0 .gpu/gpu-check
+	for f in t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do gzip -9 -c data/mnist/$$f > .gpu/$$f.gz; done
 
 doc:
 	$(CARGO) doc --workspace --no-deps

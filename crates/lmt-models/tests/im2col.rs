@@ -418,3 +418,75 @@ fn bn_recalibration_averages_the_batch_statistics_with_dropout_off() {
         batches[0].flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
 }
+
+/// The path every device but the CPU takes (candle's conv2d with the padding applied explicitly, and
+/// candle's broadcast ops for the per-channel ops), exercised on the CPU through f64 tensors, which
+/// take the same fallback: forward and both gradients against the definition, including strided
+/// windows that stop short of the padded edge (where candle's own conv2d backward gets the input
+/// gradient's shape wrong).
+#[test]
+fn the_off_cpu_fallback_equals_the_definition_with_its_gradients() {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut strided_uneven = 0;
+    for _ in 0..60 {
+        let Some(cs) = draw(&mut rng, false) else {
+            continue;
+        };
+        let (oh, ow) = cs.out();
+        let (s, p) = (cs.cfg.stride.0, cs.cfg.pads[0]);
+        strided_uneven += usize::from(s > 1 && (cs.h + 2 * p - cs.kh) % s != 0);
+        let xs = random(&mut rng, cs.b * cs.c * cs.h * cs.w);
+        let ks = random(&mut rng, cs.o * cs.c * cs.kh * cs.kw);
+        let gs = random(&mut rng, cs.b * cs.o * oh * ow);
+        let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+        let x = Var::from_vec(f64s(&xs), (cs.b, cs.c, cs.h, cs.w), &dev).unwrap();
+        let k = Var::from_vec(f64s(&ks), (cs.o, cs.c, cs.kh, cs.kw), &dev).unwrap();
+        let g = Tensor::from_vec(f64s(&gs), (cs.b, cs.o, oh, ow), &dev).unwrap();
+        let y = lmt_models::conv2d(x.as_tensor(), k.as_tensor(), &cs.cfg).unwrap();
+        assert_eq!(y.dims(), &[cs.b, cs.o, oh, ow]);
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (want_y, want_gx, want_gk) = definition(&cs, &xs, &ks, &gs);
+        let exact = |what: &str, t: &Tensor, want: &[f64]| {
+            let got = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(got.len(), want.len(), "{what}: length");
+            let scale = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!((a - b).abs() <= 1e-12 * scale, "{what}[{i}]: {a} vs {b}");
+            }
+        };
+        exact("forward", &y, &want_y);
+        exact("input gradient", grads.get(&x).unwrap(), &want_gx);
+        exact("kernel gradient", grads.get(&k).unwrap(), &want_gk);
+        // The per-channel ops' fallback: y + b and y * s per channel, and the channel sum.
+        let bias = Var::from_vec(f64s(&random(&mut rng, cs.o)), cs.o, &dev).unwrap();
+        let z = lmt_models::mul_channel(
+            &lmt_models::add_channel_bias(&y, bias.as_tensor()).unwrap(),
+            bias.as_tensor(),
+        )
+        .unwrap();
+        let sums = lmt_models::channel_sum(&z)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let (yv, bv) = (
+            y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            bias.as_tensor().to_vec1::<f64>().unwrap(),
+        );
+        let row = oh * ow;
+        for (ch, got) in sums.iter().enumerate() {
+            let want: f64 = (0..cs.b)
+                .flat_map(|n| (0..row).map(move |r| (n * cs.o + ch) * row + r))
+                .map(|i| (yv[i] + bv[ch]) * bv[ch])
+                .sum();
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "channel {ch}: {got} vs {want}"
+            );
+        }
+    }
+    assert!(
+        strided_uneven > 3,
+        "the draw covers strided windows that stop short"
+    );
+}
