@@ -17,6 +17,7 @@ from models import KolterWong, WideResNet
 
 THREADS = 2
 ALL = [
+    "gemm_peak",
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
     "kw_plain_step_b128",
@@ -210,8 +211,16 @@ def inference(model, b, c, hw):
     return timed(1, 3 if hw > 28 else 20, f)
 
 
+def gemm_peak(n=2048):
+    """The host's sustained f32 gemm rate through PyTorch's BLAS (MKL on x86)."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    return timed(2, 7, lambda: torch.mm(a, b))
+
+
 def run(name):
     torch.manual_seed(0)
+    if name == "gemm_peak":
+        return gemm_peak()
     if name == "kw_plain_step_b50":
         return train_step(KolterWong(), 50, 1, 28)
     if name == "kw_lmt_step_b50":

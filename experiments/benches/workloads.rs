@@ -19,7 +19,8 @@ use rand::{Rng, SeedableRng};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const ALL: [&str; 15] = [
+const ALL: [&str; 16] = [
+    "gemm_peak",
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
     "kw_at_cw30_step_b50",
@@ -116,10 +117,65 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Side of the square f32 matrices whose product measures this host's sustained gemm rate.
+const PEAK_N: usize = 2048;
+
+/// Multiply-adds of one forward pass of `model` on one `(c, hw, hw)` image: every convolution and fully
+/// connected layer (elementwise ops are not counted).
+fn forward_macs(model: &dyn Classifier) -> Res<f64> {
+    let g = model.to_graph()?;
+    let mut macs = 0f64;
+    for (i, node) in g.nodes().iter().enumerate() {
+        let out: f64 = g.shape(i + 1).iter().product::<usize>() as f64;
+        let per_output = match &node.op {
+            lmt_models::Op::Conv(c) => c.weight().dims()[1..].iter().product::<usize>(),
+            lmt_models::Op::ConvBn(c) => c.conv().weight().dims()[1..].iter().product::<usize>(),
+            lmt_models::Op::Linear(l) => l.weight().dims2()?.1,
+            _ => 0,
+        };
+        macs += out * per_output as f64;
+    }
+    Ok(macs)
+}
+
+/// Floating-point operations (2 per multiply-add) a workload counts per timed call: a training step is
+/// the forward pass, the input gradient and the weight gradient (3x the forward count) per image, LMT's
+/// power iteration not included; inference is the forward pass; the adversarial-training step adds its
+/// 30 C&W iterations (forward and input gradient each). `None` where no count is kept (attacks per
+/// image, certification).
+fn flop(name: &str) -> Res<Option<f64>> {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let kw = || -> Res<f64> { forward_macs(&KolterWong::new(&vm, 0, &dev)?) };
+    let wrn =
+        || -> Res<f64> { forward_macs(&WideResNet::new(WideResNetCfg::default(), &vm, 0, &dev)?) };
+    let macs = match name {
+        "gemm_peak" => (PEAK_N as f64).powi(3),
+        "kw_plain_step_b50" | "kw_lmt_step_b50" => 3.0 * 50.0 * kw()?,
+        "kw_plain_step_b128" => 3.0 * 128.0 * kw()?,
+        "kw_at_cw30_step_b50" => (30.0 * 2.0 + 3.0) * 50.0 * kw()?,
+        "kw_inference_b1000" => 1000.0 * kw()?,
+        "wrn_train_step_b32" => 3.0 * 32.0 * wrn()?,
+        "wrn_inference_b128" => 128.0 * wrn()?,
+        _ => return Ok(None),
+    };
+    Ok(Some(2.0 * macs))
+}
+
 fn run(name: &str) -> Res<f64> {
     let dev = Device::Cpu;
     let vm = VarMap::new();
     match name {
+        "gemm_peak" => {
+            // This host's sustained f32 gemm rate through the gemm crate (what candle's matmul and our
+            // convolution call): the reference for the fraction-of-peak column.
+            let a = Tensor::rand(0f32, 1.0, (PEAK_N, PEAK_N), &dev)?;
+            let b = Tensor::rand(0f32, 1.0, (PEAK_N, PEAK_N), &dev)?;
+            time(2, 7, || {
+                a.matmul(&b)?;
+                Ok(())
+            })
+        }
         "kw_plain_step_b50" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 50, 1, 28, false),
         "kw_lmt_step_b50" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 50, 1, 28, true),
         "kw_at_cw30_step_b50" => {
@@ -288,8 +344,9 @@ fn main() -> Res<()> {
     };
     for name in names {
         let ms = run(name)?;
+        let flop = flop(name)?.map_or("null".to_string(), |f| format!("{f:.0}"));
         println!(
-            "{{\"workload\": \"{name}\", \"impl\": \"lmt-rs{}\", \"ms\": {ms:.3}, \"peak_rss_mb\": {:.1}}}",
+            "{{\"workload\": \"{name}\", \"impl\": \"lmt-rs{}\", \"ms\": {ms:.3}, \"peak_rss_mb\": {:.1}, \"flop\": {flop}}}",
             if tuned { "" } else { " (untuned)" },
             peak_rss_mb()
         );

@@ -78,3 +78,20 @@ pub(crate) fn for_each_chunk(
         }
     });
 }
+
+/// The widest gemm kernels this build uses on this CPU (chosen by the gemm crate at run time):
+/// `avx512f` (only with the `avx512` feature), `avx2+fma`, or `baseline`. For benchmark entries and
+/// manifests: the same build gives other last bits on hosts of another kind.
+pub fn gemm_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2+fma";
+        }
+    }
+    "baseline"
+}
