@@ -45,8 +45,9 @@ pub fn lower_radii(
     let (mut logits, mut labels, mut c) = (Vec::new(), Vec::new(), Vec::new());
     let mut global: Option<PairMatrix> = None;
     let mut k = 0;
+    let device = model.device();
     for (bi, chunk) in indices.chunks(LOWER_BATCH).enumerate() {
-        let (x, l) = batch(set, chunk, &model.device())?;
+        let (x, l) = batch(set, chunk, &device)?;
         let zt = f(&x)?;
         k = zt.dim(1)?;
         let z: Vec<f32> = zt.flatten_all()?.to_vec1()?;

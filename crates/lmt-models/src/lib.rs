@@ -59,8 +59,9 @@ mod simple;
 mod sound;
 mod wide_resnet;
 
-/// A tensor's values as f64, row-major, for the certified computations.
-pub(crate) fn tensor_f64(t: &Tensor) -> Result<Vec<f64>> {
+/// A tensor's values as f64, row-major (from any device), for the certified computations and for
+/// comparisons against exact references.
+pub fn tensor_f64(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.flatten_all()?
         .to_dtype(candle_core::DType::F64)?
         .to_vec1()?)

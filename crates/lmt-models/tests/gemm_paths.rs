@@ -3,7 +3,7 @@
 //! the convolutions of a WRN block (forward and both gradients). Each path is within 5e-6 of the exact
 //! values relative to their scale, so any two paths agree within 1e-5.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use lmt_models::ConvCfg;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -15,13 +15,7 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 fn within(what: &str, got: &Tensor, want: &[f64]) {
-    let got: Vec<f64> = got
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let got = lmt_models::tensor_f64(got).unwrap();
     assert_eq!(got.len(), want.len(), "{what}");
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let worst = got

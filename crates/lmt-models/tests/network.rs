@@ -202,15 +202,7 @@ fn certified_bound_exceeds_every_jacobian_norm_found() {
 fn no_input_inside_a_certified_radius_changes_class() {
     let net = Net::new(7);
     let (l_sub, _) = net.certified(CertifyMethod::Auto);
-    let w: Vec<f64> = net
-        .fc2
-        .weight()
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let w = lmt_models::tensor_f64(net.fc2.weight()).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(42);
     let mut checked = 0;
     for _ in 0..40 {

@@ -4,7 +4,7 @@
 //! checked in integers; without the guard the test fails), and on whole networks it agrees with the f32
 //! forward pass.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use lmt_core::{certify_prop1, certify_prop1_guarded};
 use lmt_models::*;
@@ -231,13 +231,7 @@ fn sound_and_f32(net: &dyn Classifier, x: &Tensor) -> (SoundLogits, Vec<f32>) {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let xs: Vec<f64> = x
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let xs = lmt_models::tensor_f64(x).unwrap();
     (net.to_graph().unwrap().sound_logits(&xs, b).unwrap(), z)
 }
 

@@ -170,15 +170,7 @@ fn no_jacobian_norm_found_exceeds_the_bound_and_pgd_fails_inside_certified_radii
             .chunks(k)
             .map(|r| (0..k).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
             .collect();
-        let w: Vec<f64> = g
-            .last_weight()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let w = lmt_models::tensor_f64(g.last_weight().unwrap()).unwrap();
         let p2 = certify_prop2(&z, k, &labels, &l_sub, &w, w.len() / k).unwrap();
         let p1 = certify_prop1(&z, k, &labels, &l).unwrap();
         let f_logits = |x: &Tensor| g.eval_logits(x);

@@ -468,7 +468,7 @@ fn run(r: &mut Report, mnist: &std::path::Path, dry: bool) -> Res<()> {
             r.add(
                 "estimate: one Table 1 model at the paper's budget",
                 format!(
-                    "{:.1} h ({steps:.0} steps at the step above)",
+                    "{:.1} h ({steps:.0} plain steps as above)",
                     steps * g / 3.6e6
                 ),
                 true,
