@@ -26,7 +26,7 @@ for m in $models; do
 done
 PYTHONPATH=scripts python3 - "$out" "$points" "$(( $(date +%s) - start ))" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates experiments || echo -dirty)" $models <<'PY'
 import csv, sys
-from checks import write_csv, write_manifest
+from checks import write_csv, write_index, write_manifest
 out, points, wall, rev, *models = sys.argv[1:]
 rows, sources = [], []
 for m in models:
@@ -44,6 +44,7 @@ write_manifest(f"{out}/comparison.csv", experiment="at_adversary", profile="pape
                config=f"C&W L2 30 iterations x 1 binary step, c = 1, lr 0.01, batches of 50, on the first {points} MNIST test points of {', '.join(models)}; batch-sum against batch-mean objective",
                git_revision=rev, wall_seconds=wall, command="scripts/at-adversary-check.sh " + points,
                source_manifests=sources)
+write_index("results/checks", git_revision=rev, command="scripts/at-adversary-check.sh " + points)
 for r in rows:
     print(f"{r[0]} ({r[1]}): broke {r[3]} of {r[2]} (of them {r[4]} misclassified before the attack)")
 PY

@@ -1,6 +1,7 @@
 """What the one-off checks under scripts/ share: atomic writes, and the manifest of a result file
 (`<stem>_manifest.json` beside `<stem>.csv`, the convention of every other result) with the fields every
-generated result carries: config, git revision, seed, data and its checksums, profile, machine, wall time."""
+generated result carries: config, git revision, seed, data and its checksums, profile, machine, wall time;
+and the folder's index (`index.csv` with its manifest), rewritten by every check."""
 
 import csv
 import json
@@ -38,6 +39,36 @@ def write_manifest(csv_path, *, experiment, profile, config, git_revision, wall_
         "command": command,
     }
     path = csv_path[:-len(".csv")] + "_manifest.json"
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_index(root, *, git_revision, command):
+    """`<root>/index.csv` and its manifest: one row per check (`<root>/<check>/comparison.csv`) with what
+    its manifest records, so the folder says at its top what each check is, from which revision and data."""
+    checks = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "comparison_manifest.json")))
+    manifests = [json.load(open(os.path.join(root, d, "comparison_manifest.json"))) for d in checks]
+    write_csv(os.path.join(root, "index.csv"),
+              ["check", "result", "command", "git_revision", "profile", "reduced", "seed", "dataset", "wall_seconds"],
+              [[d, f"{d}/comparison.csv", m["command"], m["git_revision"], m["profile"], m["reduced"], m["seed"],
+                m["dataset"], m["wall_seconds"]] for d, m in zip(checks, manifests)])
+    checksums = sorted({c for m in manifests for c in m["data_checksums"]})
+    manifest = {
+        "experiment": "checks index",
+        "profile": " and ".join(sorted({m["profile"] for m in manifests})),
+        "reduced": any(m["reduced"] for m in manifests),
+        "config": "one row per one-off check under this folder, each described in full by its comparison_manifest.json",
+        "git_revision": git_revision,
+        "seed": sorted({m["seed"] for m in manifests}),
+        "dataset": " and ".join(sorted({m["dataset"] for m in manifests})),
+        "data_checksums": checksums,
+        "machine": f"{platform.system().lower()} {platform.machine()}, {os.cpu_count()} logical cores",
+        "wall_seconds": float(sum(m["wall_seconds"] for m in manifests)),
+        "command": command,
+    }
+    path = os.path.join(root, "index_manifest.json")
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(json.dumps(manifest, indent=2) + "\n")

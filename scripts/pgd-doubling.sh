@@ -19,7 +19,7 @@ for cfg in "50 1 s50r1" "100 2 s100r2"; do
 done
 PYTHONPATH=scripts python3 - "$out" "$eps" "$points" "$(( $(date +%s) - start ))" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates experiments || echo -dirty)" <<'PY'
 import csv, sys
-from checks import write_csv, write_manifest
+from checks import write_csv, write_index, write_manifest
 out, eps, points, wall, rev = sys.argv[1:]
 name = f"attack_pgd_{float(eps):g}.csv"
 runs = {k: {r["index"]: r["success"] == "true" for r in csv.DictReader(open(f"{out}/{k}/{name}"))}
@@ -36,5 +36,6 @@ write_manifest(f"{out}/comparison.csv", experiment="pgd_doubling", profile="quic
                config=f"PGD-L2 at epsilon {eps} on the first {points} test points of the quick weight-decay model: 50 steps x 1 restart against 100 steps x 2 restarts",
                git_revision=rev, wall_seconds=wall, command="scripts/pgd-doubling.sh " + " ".join([eps, points]),
                source_manifests=[f"{out}/{k}/{name[:-4]}_manifest.json" for k in ("s50r1", "s100r2")])
+write_index("results/checks", git_revision=rev, command="scripts/pgd-doubling.sh " + " ".join([eps, points]))
 print(f"PGD at {eps}: 100x2 broke {only_doubled} points that 50x1 did not (and missed {only_quick}) of {n}")
 PY
