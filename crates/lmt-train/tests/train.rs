@@ -375,6 +375,64 @@ profiles:
 }
 
 #[test]
+fn a_profile_warmup_fraction_replaces_the_scaled_warmup_and_says_so() {
+    let text = |extra: &str, method: &str| {
+        format!(
+            "
+name: w
+dataset: svhn
+model: {{ kind: wide_resnet, depth: 10, width: 4, dropout: 0.4 }}
+method: {method}
+optimizer: {{ kind: nesterov, lr: 0.01, momentum: 0.9, drop_epochs: [80, 120], drop_ratio: 0.1 }}
+batch_size: 128
+epochs: 160
+profiles:
+  short: {{ epochs: 2{extra} }}
+"
+        )
+    };
+    let lmt =
+        "{ kind: lmt, proposition: 2, capped: true, c: 0.01, c_start: 0.00001, warmup_epochs: 5 }";
+    let p = config(&text(", warmup_fraction: 0.5", lmt))
+        .plan("short")
+        .unwrap();
+    // Over the first epoch of two: half-way at 0.5, full from 1.0 on.
+    let half = 0.5 * 0.01 + 0.5 * 0.00001;
+    assert!((c_schedule(&p.method, 0.5) - half).abs() < 1e-12);
+    assert!(c_schedule(&p.method, 0.99) < 0.01);
+    assert_eq!(c_schedule(&p.method, 1.0), 0.01);
+    assert_eq!(p.departures.len(), 1, "{:?}", p.departures);
+    assert!(
+        p.departures[0].contains("c warmed up over the first 0.5")
+            && p.departures[0].contains("0.0312 (5 of 160 epochs)"),
+        "{:?}",
+        p.departures
+    );
+    // Without it, the warm-up keeps the paper's fraction: 5/160 of 2 epochs.
+    let q = config(&text("", lmt)).plan("short").unwrap();
+    assert_eq!(c_schedule(&q.method, 0.0625), 0.01);
+    assert!(c_schedule(&q.method, 0.06) < 0.01 && q.departures.is_empty());
+    for (bad, method, says) in [
+        (", warmup_fraction: 0", lmt, "(0, 1]"),
+        (", warmup_fraction: 1.5", lmt, "(0, 1]"),
+        (
+            ", warmup_fraction: 0.5",
+            "{ kind: plain }",
+            "only LMT and GloRo",
+        ),
+    ] {
+        let err = config(&text(bad, method))
+            .plan("short")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("warmup_fraction") && err.contains(says),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn optimiser_steps_match_the_chainer_formulas() {
     use candle_core::backprop::GradStore;
     let dev = Device::Cpu;
