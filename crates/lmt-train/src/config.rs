@@ -491,18 +491,18 @@ impl TrainConfig {
         };
         if let Method::Lmt { warmup_epochs, .. } | Method::Gloro { warmup_epochs, .. } = &mut method
         {
-            match p.warmup_fraction {
-                Some(f) => {
-                    departures.push(format!(
-                        "{what} warmed up over the first {f} of training instead of the authors' {:.4} ({} of {} epochs), for the {epochs}-epoch budget",
-                        *warmup_epochs / self.epochs as f64,
-                        warmup_epochs,
-                        self.epochs
-                    ));
-                    *warmup_epochs = f * epochs as f64;
-                }
-                None => *warmup_epochs *= scale,
+            let scaled = *warmup_epochs * scale;
+            let chosen = p.warmup_fraction.map_or(scaled, |f| f * epochs as f64);
+            if chosen != scaled {
+                departures.push(format!(
+                    "{what} warmed up over the first {} of training instead of the config's {:.4} ({} of {} epochs), for the {epochs}-epoch budget",
+                    p.warmup_fraction.unwrap_or_default(),
+                    *warmup_epochs / self.epochs as f64,
+                    warmup_epochs,
+                    self.epochs
+                ));
             }
+            *warmup_epochs = chosen;
         } else if p.warmup_fraction.is_some() {
             return Err(config_err(
                 &format!("profiles.{profile}.warmup_fraction"),

@@ -412,6 +412,12 @@ profiles:
     let q = config(&text("", lmt)).plan("short").unwrap();
     assert_eq!(c_schedule(&q.method, 0.0625), 0.01);
     assert!(c_schedule(&q.method, 0.06) < 0.01 && q.departures.is_empty());
+    // The config's own fraction (5/160) is no departure.
+    let same = config(&text(", warmup_fraction: 0.03125", lmt))
+        .plan("short")
+        .unwrap();
+    assert_eq!(same.method, q.method);
+    assert!(same.departures.is_empty(), "{:?}", same.departures);
     for (bad, method, says) in [
         (", warmup_fraction: 0", lmt, "(0, 1]"),
         (", warmup_fraction: 1.5", lmt, "(0, 1]"),
