@@ -97,7 +97,7 @@ enum Command {
     /// Figure 5: images moved by exactly their certified radius, still classified correctly.
     Fig5(pipeline::AnalysisArgs),
     /// Table 1: accuracy under C&W at L2 sizes 0.2/0.5/1.0 (SVHN with --svhn-dir, else the named stand-in).
-    Table1(pipeline::AnalysisArgs),
+    Table1(table1::Table1Args),
     /// Certified accuracy and accuracy under attack against radius, for every run of the profile.
     Curves(pipeline::AnalysisArgs),
     /// Regenerates results/<profile>/SUMMARY.md from the CSVs.
@@ -158,7 +158,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fig3(a) => figures::fig3(&a),
         Command::Fig4(a) => figures::fig4(&a),
         Command::Fig5(a) => figures::fig5(&a),
-        Command::Table1(a) => table1::table1(&a),
+        Command::Table1(a) => table1::table1_rows(&a),
         Command::Curves(a) => figures::curves(&a),
         Command::Summary(a) => summary::summary(&a),
         Command::Modern(a) => modern::modern(&a),

@@ -157,14 +157,24 @@ pub fn current(file: &Path) -> bool {
 }
 
 /// Whether `file` can be reused for `step` on `points` test points of `ckpt`: its manifest records this
-/// checkpoint's digest, the same computation and at least as many points.
+/// checkpoint's digest, the same computation and at least as many points. Without the checkpoint (a
+/// committed run read as it stands, `table1 --only`), the same computation and enough points suffice:
+/// the file is then the committed result of the committed checkpoint.
 pub fn reusable(file: &Path, ckpt: &Path, step: &str, points: usize) -> bool {
-    let Ok(digest) = lmt_analysis::file_sha256(ckpt) else {
-        return false;
+    let digest = if ckpt.is_file() {
+        match lmt_analysis::file_sha256(ckpt) {
+            Ok(d) => Some(d),
+            Err(_) => return false,
+        }
+    } else {
+        None
     };
     file.is_file()
-        && lmt_analysis::Manifest::provenance_at(&manifest_of(file))
-            .is_some_and(|p| p.model_sha256 == digest && p.step == step && p.points >= points)
+        && lmt_analysis::Manifest::provenance_at(&manifest_of(file)).is_some_and(|p| {
+            digest.as_ref().is_none_or(|d| &p.model_sha256 == d)
+                && p.step == step
+                && p.points >= points
+        })
 }
 
 /// Trains `config` under the profile (resuming; nothing to do when complete); returns the checkpoint.
@@ -293,5 +303,13 @@ mod tests {
         // Retraining (another checkpoint, even one written earlier) invalidates the file.
         std::fs::write(&ckpt, b"model B").unwrap();
         assert!(!current(&attack) && !reusable(&attack, &ckpt, "C&W 100", 200));
+        // Without the checkpoint (a committed run read as it stands) the computation and the points
+        // still have to match.
+        std::fs::remove_file(&ckpt).unwrap();
+        assert!(reusable(&attack, &ckpt, "C&W 100", 500));
+        assert!(!reusable(&attack, &ckpt, "C&W 100", 501));
+        assert!(!reusable(&attack, &ckpt, "C&W 30", 200));
+        std::fs::remove_file(manifest_of(&attack)).unwrap();
+        assert!(!reusable(&attack, &ckpt, "C&W 100", 200), "no manifest");
     }
 }

@@ -113,12 +113,8 @@ pub struct Trained {
     pub profile: String,
     /// Whether the run's budget was reduced from the paper's.
     pub reduced: bool,
-    /// What its budget did differently from the authors' recipe (see `Plan::departures`).
-    pub departures: Vec<String>,
     /// Training images it held out as a validation set (0: none).
     pub validation: usize,
-    /// The network after its profile.
-    pub model: ModelConfig,
     /// The resolved config file, verbatim (for manifests).
     pub config_text: String,
     /// The model with the checkpoint's weights.
@@ -130,15 +126,33 @@ pub struct Trained {
 /// The resolved run as `train` records it (config.yaml beside the checkpoint, and the checkpoint's own
 /// metadata).
 #[derive(serde::Deserialize, PartialEq)]
-struct Resolved {
-    config: TrainConfig,
-    profile: String,
-    model: ModelConfig,
-    reduced: bool,
+pub struct Resolved {
+    /// The config the model was trained with.
+    pub config: TrainConfig,
+    /// The profile it ran under.
+    pub profile: String,
+    /// The network after its profile.
+    pub model: ModelConfig,
+    /// Whether the run's budget was reduced from the paper's.
+    pub reduced: bool,
+    /// What its budget did differently from the authors' recipe.
     #[serde(default)]
-    departures: Vec<String>,
+    pub departures: Vec<String>,
+    /// Training images it held out as a validation set (0: none).
     #[serde(default)]
-    validation: usize,
+    pub validation: usize,
+}
+
+/// The run recorded in `dir/config.yaml`, without its checkpoint (committed results on a fresh clone).
+pub fn read_resolved(dir: &Path) -> Result<Resolved> {
+    let path = dir.join("config.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (written by `experiments train`; the run directory holds no finished run)",
+            path.display()
+        )
+    })?;
+    serde_norway::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Rebuilds the model of `checkpoint` and loads its weights. The network comes from the checkpoint's
@@ -215,9 +229,7 @@ pub fn load_trained(checkpoint: &Path) -> Result<Trained> {
         config: resolved.config,
         profile: resolved.profile,
         reduced: resolved.reduced,
-        departures: resolved.departures,
         validation: resolved.validation,
-        model: resolved.model,
         config_text: text,
         built,
         dir,

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use lmt_analysis::plot::{self, LineChart, Series};
 use lmt_analysis::Table;
 use lmt_attacks::PgdConfig;
@@ -15,7 +15,28 @@ use lmt_eval::{AttackRow, AttackSpec, CertificateRow};
 
 use crate::figures::{budget_label, worst_by_index};
 use crate::pipeline::{ensure_attacked, ensure_certified, ensure_trained, AnalysisArgs, Budget};
-use crate::run::{load_data, load_trained, manifest};
+use crate::run::{load_data, manifest, read_resolved};
+
+/// `table1` and its flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Table1Args {
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+    /// Train only these rows (config names, comma-separated, e.g. svhn_lmt_c001). The other rows are
+    /// read from their run directories as they stand: never trained, their certificates and attacks
+    /// reused where they cover the budget (committed results need no checkpoint). The table's manifest
+    /// names the rows this command could train.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+/// `table1` as `reproduce` runs it: every row trained, certified and attacked unless done already.
+pub fn table1(args: &AnalysisArgs) -> Result<()> {
+    table1_rows(&Table1Args {
+        analysis: args.clone(),
+        only: Vec::new(),
+    })
+}
 
 /// One Table 1 row: (method, config, paper's clean / 0.2 / 0.5 / 1.0 accuracy in %, paper's median
 /// certified radius where it reports one).
@@ -118,9 +139,17 @@ fn cells(p: Proportion) -> [String; 3] {
 
 /// Trains (or resumes), certifies and attacks every Table 1 model, then writes `table1.csv` (SVHN) or
 /// `table1_standin.csv` and the figure; fails loudly when certified > under the strongest attack > clean.
-pub fn table1(args: &AnalysisArgs) -> Result<()> {
+pub fn table1_rows(args: &Table1Args) -> Result<()> {
     let started = Instant::now();
-    let mut a = args.clone();
+    for name in &args.only {
+        if !TABLE1.iter().any(|r| r.1 == name) {
+            bail!(
+                "--only {name}: not a Table 1 config (one of {})",
+                TABLE1.map(|r| r.1).join(", ")
+            );
+        }
+    }
+    let mut a = args.analysis.clone();
     if a.data.svhn_dir.is_none() {
         a.data.svhn_stand_in = true;
         let base = match crate::run::stand_in(&a.data) {
@@ -166,24 +195,57 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
     let mut problems = Vec::new();
     let mut panels = Vec::new();
     for (method, config, paper, paper_radius) in TABLE1 {
-        eprintln!("table1: {method} ({config})");
-        let ckpt = ensure_trained(&a, config)?;
-        let trained = load_trained(&ckpt)?;
+        let recompute = args.only.is_empty() || args.only.iter().any(|o| o == config);
+        eprintln!(
+            "table1: {method} ({config}){}",
+            if recompute {
+                ""
+            } else {
+                ", read as it stands (not in --only)"
+            }
+        );
+        let ckpt = if recompute {
+            ensure_trained(&a, config)?
+        } else {
+            crate::pipeline::run_dir(&a, config).join("checkpoint.safetensors")
+        };
+        let dir = ckpt.parent().unwrap_or(Path::new("."));
+        let trained = read_resolved(dir)?;
+        if trained.profile != a.profile {
+            bail!(
+                "{}: a run of the {} profile, not {}",
+                dir.display(),
+                trained.profile,
+                a.profile
+            );
+        }
         let data = load_data(&trained.config.dataset, &a.data)?;
         let points = budget.table1_points.min(data.test.len());
         let cw_points = budget.table1_cw_points.min(points);
-        ensure_certified(&a, &ckpt, Some(points))?;
-        ensure_attacked(&a, &ckpt, "cw", cw_points, |x| {
-            x.cw_iterations = budget.cw_iterations;
-            x.cw_binary_steps = budget.cw_binary_steps;
-        })?;
-        ensure_attacked(&a, &ckpt, "deepfool_clip", points, |_| {})?;
-        for e in SIZES {
-            strongest_pgd(&a, &budget, &ckpt, points, e)?;
+        let derived = || -> Result<()> {
+            ensure_certified(&a, &ckpt, Some(points))?;
+            ensure_attacked(&a, &ckpt, "cw", cw_points, |x| {
+                x.cw_iterations = budget.cw_iterations;
+                x.cw_binary_steps = budget.cw_binary_steps;
+            })?;
+            ensure_attacked(&a, &ckpt, "deepfool_clip", points, |_| {})?;
+            for e in SIZES {
+                strongest_pgd(&a, &budget, &ckpt, points, e)?;
+            }
+            Ok(())
+        };
+        if recompute {
+            derived()?;
+        } else {
+            derived().with_context(|| {
+                format!(
+                    "{method} is read as it stands (not in --only), but {} lacks some of its certificates or attacks at this budget; name {config} in --only to recompute it",
+                    dir.display()
+                )
+            })?;
         }
         reduced |= trained.reduced;
         dataset = data.name.clone();
-        let dir = ckpt.parent().unwrap_or(Path::new("."));
         let certs: Vec<CertificateRow> = lmt_eval::read_csv_file(&dir.join("certificates.csv"))?;
         let cw: Vec<AttackRow> = lmt_eval::read_csv_file(&dir.join("attack_cw.csv"))?;
         if certs.len() < points || cw.len() < cw_points {
@@ -336,7 +398,7 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
         name.into(),
         &a.profile,
         reduced,
-        format!("{budget:?}; accuracy under an attack at size e = fraction of the first points whose adversarial distance exceeds e (failures count as robust); strongest = C&W (first {} points), clipped DeepFool and PGD-L2 at e must all fail within e", budget.table1_cw_points),
+        format!("{budget:?}; accuracy under an attack at size e = fraction of the first points whose adversarial distance exceeds e (failures count as robust); strongest = C&W (first {} points), clipped DeepFool and PGD-L2 at e must all fail within e{}", budget.table1_cw_points, only_note(&args.only)),
         0,
         &data,
         started.elapsed().as_secs_f64(),
@@ -349,7 +411,20 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
 }
 
 /// The trained WRN's width factor (after its profile).
-fn wrn_width(t: &crate::run::Trained) -> usize {
+/// What the manifest says of `--only`: which rows this command could train, the others read as they
+/// stood (each run directory's manifests carry their own revision, machine and times).
+fn only_note(only: &[String]) -> String {
+    if only.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; rows trained by this command (--only): {}; the others read from their run directories as they stood (see their own manifests)",
+            only.join(", ")
+        )
+    }
+}
+
+fn wrn_width(t: &crate::run::Resolved) -> usize {
     match t.model {
         lmt_train::ModelConfig::WideResnet { width, .. } => width,
         lmt_train::ModelConfig::KolterWong { .. } | lmt_train::ModelConfig::FourCThreeF { .. } => 0,

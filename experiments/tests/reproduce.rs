@@ -204,6 +204,61 @@ fn smoke_reproduce_writes_every_table_figure_and_manifest() {
             "SUMMARY.md lacks {needle}:\n{summary}"
         );
     }
+
+    // `table1 --only`: on a fresh clone (no checkpoints) one row is trained again and the others are
+    // read as they stand; the retrained row is the same run, so the table does not change.
+    let (_, before) = csv(&r.join("table1_standin.csv"));
+    for e in std::fs::read_dir(&r).unwrap() {
+        let ckpt = e.unwrap().path().join("checkpoint.safetensors");
+        if ckpt.is_file() {
+            std::fs::remove_file(ckpt).unwrap();
+        }
+    }
+    let table1 = |only: &str| {
+        Command::new(env!("CARGO_BIN_EXE_experiments"))
+            .args(["table1", "--profile", "smoke", "--only", only, "--results"])
+            .arg(&results)
+            .arg("--figures")
+            .arg(&figures)
+            .env_remove("SVHN_DIR")
+            .current_dir(&root)
+            .output()
+            .unwrap()
+    };
+    let out = table1("svhn_lmt_c001");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("read as it stands (not in --only)").count(),
+        4,
+        "{err}"
+    );
+    assert!(r
+        .join("standin_fashion_svhn_lmt_c001/checkpoint.safetensors")
+        .is_file());
+    assert!(!r
+        .join("standin_fashion_svhn_parseval/checkpoint.safetensors")
+        .exists());
+    assert_eq!(csv(&r.join("table1_standin.csv")).1, before);
+    let m = manifest(&r.join("table1_standin_manifest.json"));
+    assert!(
+        m.contains("rows trained by this command (--only): svhn_lmt_c001"),
+        "{m}"
+    );
+    // A row read as it stands must cover the budget: without its PGD file it is an error naming --only.
+    std::fs::remove_file(r.join("standin_fashion_svhn_parseval/attack_pgd_0.5.csv")).unwrap();
+    let out = table1("svhn_lmt_c001");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("name svhn_parseval in --only"),
+        "{err}"
+    );
+    let out = table1("svhn_bogus");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--only svhn_bogus: not a Table 1 config"),
+        "{err}"
+    );
 }
 
 /// The path a user with the official SVHN files takes: `table1 --svhn-dir` on SVHN-format MAT files
