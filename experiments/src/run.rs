@@ -135,6 +135,9 @@ pub struct Resolved {
     pub model: ModelConfig,
     /// Whether the run's budget was reduced from the paper's.
     pub reduced: bool,
+    /// Epochs of the run's budget (after its profile).
+    #[serde(default)]
+    pub epochs: usize,
     /// What its budget did differently from the authors' recipe.
     #[serde(default)]
     pub departures: Vec<String>,

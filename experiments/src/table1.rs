@@ -219,6 +219,18 @@ pub fn table1_rows(args: &Table1Args) -> Result<()> {
                 a.profile
             );
         }
+        // A row read as it stands with a checkpoint of an unfinished run (an interrupted `table1`)
+        // would be certified and attacked half-trained.
+        if !recompute && ckpt.is_file() {
+            let done = lmt_train::checkpoint::position(&ckpt)?.epoch;
+            if done < trained.epochs {
+                bail!(
+                    "{}: an unfinished run ({done} of {} epochs); name {config} in --only to finish it, or remove the checkpoint to read its committed results",
+                    ckpt.display(),
+                    trained.epochs
+                );
+            }
+        }
         let data = load_data(&trained.config.dataset, &a.data)?;
         let points = budget.table1_points.min(data.test.len());
         let cw_points = budget.table1_cw_points.min(points);

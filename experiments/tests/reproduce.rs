@@ -245,6 +245,40 @@ fn smoke_reproduce_writes_every_table_figure_and_manifest() {
         m.contains("rows trained by this command (--only): svhn_lmt_c001"),
         "{m}"
     );
+    // A row read as it stands with the checkpoint of an unfinished run is refused, not attacked.
+    let sn = r.join("standin_fashion_svhn_spectral_norm");
+    let out = Command::new(env!("CARGO_BIN_EXE_experiments"))
+        .args([
+            "train",
+            "--config",
+            "svhn_spectral_norm",
+            "--profile",
+            "smoke",
+        ])
+        .args([
+            "--svhn-stand-in",
+            "--resume",
+            "--no-progress",
+            "--stop-after-steps",
+            "1",
+            "--out",
+        ])
+        .arg(&sn)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = table1("svhn_lmt_c001");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("an unfinished run (0 of 1 epochs)"),
+        "{err}"
+    );
+    std::fs::remove_file(sn.join("checkpoint.safetensors")).unwrap();
     // A row read as it stands must cover the budget: without its PGD file it is an error naming --only.
     std::fs::remove_file(r.join("standin_fashion_svhn_parseval/attack_pgd_0.5.csv")).unwrap();
     let out = table1("svhn_lmt_c001");
