@@ -522,17 +522,41 @@ fn table1_section(t: &Table, path: &Path, results: &Path) -> Result<String> {
         ));
     }
     md.push_str(&learned(t, path, results)?);
-    let departures: Vec<String> = t
-        .column("departures")
+    // Departures every row shares, then those of single methods (LMT's warm-up is LMT's alone).
+    let rows: Vec<(String, Vec<String>)> = t
+        .column("method")
         .unwrap_or_default()
         .iter()
-        .filter(|d| !d.is_empty())
-        .map(|d| d.to_string())
+        .zip(t.column("departures").unwrap_or_default())
+        .map(|(m, d)| {
+            let list = d.split("; ").filter(|x| !x.is_empty()).map(String::from);
+            (m.to_string(), list.collect())
+        })
         .collect();
-    if let Some(d) = departures.first() {
+    let common: Vec<String> = rows
+        .first()
+        .map(|(_, d)| {
+            d.iter()
+                .filter(|x| rows.iter().all(|(_, o)| o.contains(x)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if !common.is_empty() {
         md.push_str(&format!(
-            "\nDepartures from the authors' recipe in these runs (every method alike): {d}.\n"
+            "\nDepartures from the authors' recipe in these runs (every method alike): {}.\n",
+            common.join("; ")
         ));
+    }
+    for (method, d) in &rows {
+        let own: Vec<&str> = d
+            .iter()
+            .filter(|x| !common.contains(x))
+            .map(String::as_str)
+            .collect();
+        if !own.is_empty() {
+            md.push_str(&format!("\n{method} only: {}.\n", own.join("; ")));
+        }
     }
     Ok(md)
 }
