@@ -134,25 +134,40 @@ impl Manifest {
 }
 
 impl Manifest {
-    /// The machine this process runs on, in words (OS, architecture, CPU model where known, cores).
+    /// The machine this process runs on, in words: OS, architecture, CPU model, family and model
+    /// numbers, cores, the vector extensions the gemm kernels choose between and the L2 size. The last
+    /// bits of training follow the CPU, so two hosts with the same model name must stay apart here.
     pub fn this_machine() -> String {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0);
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split(':').nth(1))
-                    .map(|m| m.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown CPU".to_string());
-        format!(
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find(|l| l.split(':').next().map(str::trim) == Some(name))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        };
+        let cpu = field("model name").unwrap_or_else(|| "unknown CPU".to_string());
+        let mut text = format!(
             "{} {}, {cpu}, {cores} logical cores",
             std::env::consts::OS,
             std::env::consts::ARCH
-        )
+        );
+        if let (Some(family), Some(model)) = (field("cpu family"), field("model")) {
+            text.push_str(&format!(", family {family} model {model}"));
+        }
+        if let Some(flags) = field("flags") {
+            let has: Vec<&str> = ["avx2", "fma", "avx512f"]
+                .into_iter()
+                .filter(|f| flags.split_whitespace().any(|x| x == *f))
+                .collect();
+            text.push_str(&format!(", vector extensions: {}", has.join(" ")));
+        }
+        if let Ok(l2) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size") {
+            text.push_str(&format!(", L2 {} per core", l2.trim()));
+        }
+        text
     }
 
     /// The current git revision of `repo` (`unknown` outside a git checkout).
@@ -232,6 +247,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["manifest.json"]);
+    }
+
+    /// Two hosts with one CPU model name differ in the last bits of training; the manifest must tell
+    /// them apart by what the kernels depend on.
+    #[test]
+    fn the_machine_names_the_vector_extensions_and_the_l2_size() {
+        let m = Manifest::this_machine();
+        assert!(m.contains("logical cores"), "{m}");
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if let Some(flags) = info.lines().find(|l| l.starts_with("flags")) {
+            assert!(m.contains("vector extensions:"), "{m}");
+            for f in ["avx2", "avx512f"] {
+                let has = flags.split_whitespace().any(|x| x == f);
+                assert_eq!(m.contains(&format!(" {f}")), has, "{f} in {m}");
+            }
+        }
+        if let Ok(l2) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size") {
+            assert!(m.ends_with(&format!("L2 {} per core", l2.trim())), "{m}");
+        }
     }
 
     #[test]
