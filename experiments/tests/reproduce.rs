@@ -73,15 +73,20 @@ fn smoke_reproduce_writes_every_table_figure_and_manifest() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (results, figures) = (tmp.path().join("results"), tmp.path().join("figures"));
-    let out = Command::new(env!("CARGO_BIN_EXE_experiments"))
-        .args(["reproduce", "--profile", "smoke", "--results"])
-        .arg(&results)
-        .arg("--figures")
-        .arg(&figures)
-        .env_remove("SVHN_DIR")
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    // An analysis subcommand at the smoke profile, writing under the temporary results and figures.
+    let analysis = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_experiments"))
+            .args(args)
+            .args(["--profile", "smoke", "--results"])
+            .arg(&results)
+            .arg("--figures")
+            .arg(&figures)
+            .env_remove("SVHN_DIR")
+            .current_dir(&root)
+            .output()
+            .unwrap()
+    };
+    let out = analysis(&["reproduce"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     for step in ["fig3", "fig4", "fig5", "table1", "curves", "summary"] {
@@ -214,17 +219,7 @@ fn smoke_reproduce_writes_every_table_figure_and_manifest() {
             std::fs::remove_file(ckpt).unwrap();
         }
     }
-    let table1 = |only: &str| {
-        Command::new(env!("CARGO_BIN_EXE_experiments"))
-            .args(["table1", "--profile", "smoke", "--only", only, "--results"])
-            .arg(&results)
-            .arg("--figures")
-            .arg(&figures)
-            .env_remove("SVHN_DIR")
-            .current_dir(&root)
-            .output()
-            .unwrap()
-    };
+    let table1 = |only: &str| analysis(&["table1", "--only", only]);
     let out = table1("svhn_lmt_c001");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
