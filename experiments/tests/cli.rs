@@ -12,11 +12,48 @@ fn experiments(args: &[&str]) -> std::process::Output {
 }
 
 /// SHA-256 of the smoke-budget checkpoints (Kolter-Wong LMT on MNIST; WRN-16-1 LMT on the SVHN-format
-/// fixtures). Training is deterministic, so these change exactly when the numerics change: then the
-/// committed results under results/ no longer equal what the code produces, and must be regenerated
-/// (README, "Reproducing the paper") in the same commit that updates these values.
-const KW_SMOKE_SHA256: &str = "7aab807748bf60128777c8231f0b7df3a2258ad5f7c3e003c0c45bc0c0f9d39b";
-const WRN_SMOKE_SHA256: &str = "72ae3caccee94f7c56b2334cdd09b7e9fd887cabcaaeff327c8b1f7e4452c682";
+/// fixtures), one pair per gemm depth block (`lmt_analysis::gemm_depth_block`): training is
+/// deterministic on hosts with one block, and its last bits differ between blocks. These change exactly
+/// when the numerics change: then the committed results under results/ no longer equal what the code
+/// produces, and must be regenerated (README, "Reproducing the paper") in the same commit that updates
+/// these values. 512: AMD EPYC family 25 (AVX2, 32 KiB 8-way L1d); 1024: the AMD EPYC with AVX-512.
+const SMOKE_SHA256: [(usize, Smoke); 2] = [
+    (
+        512,
+        Smoke {
+            kw: "eb8951051e3f81c682cb2a9664810cf043e279708a1c4c3b4385ba76a9ef8ea9",
+            wrn: "c6a3c9901940765f4977aeb5d84269d1c52c85494686aaca2a9d39a02f810438",
+        },
+    ),
+    (
+        1024,
+        Smoke {
+            kw: "7aab807748bf60128777c8231f0b7df3a2258ad5f7c3e003c0c45bc0c0f9d39b",
+            wrn: "72ae3caccee94f7c56b2334cdd09b7e9fd887cabcaaeff327c8b1f7e4452c682",
+        },
+    ),
+];
+
+/// The two smoke checkpoints' digests on one class of host.
+struct Smoke {
+    kw: &'static str,
+    wrn: &'static str,
+}
+
+/// The pinned digests for this host's gemm depth block; a host with a block none was pinned on fails
+/// with the block and what to do.
+fn smoke_digests() -> &'static Smoke {
+    let block = lmt_analysis::gemm_depth_block();
+    let pinned = SMOKE_SHA256.iter().find(|(b, _)| *b == block);
+    &pinned
+        .unwrap_or_else(|| {
+            panic!(
+                "no smoke digests are pinned for gemm depth block {block}: add this host's pair to \
+                 SMOKE_SHA256 from a checkout whose other pairs hold"
+            )
+        })
+        .1
+}
 
 /// SHA-256 over the checkpoint's network tensors (names and bytes, in name order): not its metadata, and
 /// not the `meta.` running sums a resumed epoch needs, which describe the run rather than the network.
@@ -35,8 +72,10 @@ fn pinned_digest(ckpt: &Path, want: &str) {
     assert_eq!(
         got,
         want,
-        "{}: the numerics changed; regenerate the committed results and update the pinned digest",
-        ckpt.display()
+        "{}: the numerics changed on a host with gemm depth block {}; regenerate the committed results \
+         and update the pinned digests",
+        ckpt.display(),
+        lmt_analysis::gemm_depth_block()
     );
 }
 
@@ -93,7 +132,7 @@ fn smoke_train_then_certify_writes_every_file() {
         );
     }
     let ckpt = dir.path().join("checkpoint.safetensors");
-    pinned_digest(&ckpt, KW_SMOKE_SHA256);
+    pinned_digest(&ckpt, smoke_digests().kw);
     let r = experiments(&[
         "certify",
         "--checkpoint",
@@ -424,7 +463,7 @@ fn smoke_wide_resnet_on_svhn_format_files() {
         "{config}"
     );
     let ckpt = out.path().join("checkpoint.safetensors");
-    pinned_digest(&ckpt, WRN_SMOKE_SHA256);
+    pinned_digest(&ckpt, smoke_digests().wrn);
     let r = experiments(&[
         "certify",
         "--checkpoint",

@@ -167,6 +167,7 @@ impl Manifest {
         if let Ok(l2) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size") {
             text.push_str(&format!(", L2 {} per core", l2.trim()));
         }
+        text.push_str(&format!(", gemm depth block {}", gemm_depth_block()));
         text
     }
 
@@ -190,6 +191,63 @@ impl Manifest {
         })?;
         write_atomic(path, &json)
     }
+}
+
+/// The longest depth (512 · 2^j, rounded down) that the gemm crate's f32 kernels sum in one pass on
+/// this host. gemm sizes its depth blocks from the L1 cache it reads at run time and adds the blocks'
+/// partial sums afterwards, so hosts with different blocks differ in the last bits of every matmul
+/// deeper than 512 (the Kolter-Wong network's first dense layer, the WRN's 64-channel convolutions):
+/// training is deterministic per depth block, not across them. Measured, not derived from the cache.
+pub fn gemm_depth_block() -> usize {
+    let mut block = 512;
+    while block < 1 << 16 && !gemm_splits_depth(2 * block) {
+        block *= 2;
+    }
+    block
+}
+
+/// Whether gemm splits a depth of `k` into blocks: every column of the right operand holds 2^24 at
+/// depth 0 and ones in the second half, so one sequential pass absorbs each 1 into 2^24 (round to
+/// even) while a block boundary at or before k/2 adds the ones up first and keeps them.
+fn gemm_splits_depth(k: usize) -> bool {
+    // Above gemm's small-size path (m and n at most 64), which caps its block at 512 on every host.
+    const N: usize = 65;
+    let big = 16_777_216f32;
+    let lhs = vec![1f32; N * k];
+    let mut rhs = vec![0f32; k * N];
+    for j in 0..N {
+        rhs[j] = big;
+        for d in k / 2..k {
+            rhs[d * N + j] = 1.0;
+        }
+    }
+    let mut dst = vec![0f32; N * N];
+    // SAFETY: all three matrices are row-major and dense with the strides given (lhs N x k, rhs k x N,
+    // dst N x N), so every index gemm touches lies inside its vector; dst aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            N,
+            N,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            N as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            N as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+    dst[0] != big
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a reader
@@ -264,8 +322,22 @@ mod tests {
             }
         }
         if let Ok(l2) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size") {
-            assert!(m.ends_with(&format!("L2 {} per core", l2.trim())), "{m}");
+            assert!(m.contains(&format!(", L2 {} per core", l2.trim())), "{m}");
         }
+        assert!(
+            m.ends_with(&format!("gemm depth block {}", gemm_depth_block())),
+            "{m}"
+        );
+    }
+
+    /// The probe against the arithmetic it relies on: a depth of 512 is always one pass (gemm's floor),
+    /// the answer is a power of two times 512, and a depth past it is split.
+    #[test]
+    fn the_gemm_depth_block_is_measured_from_the_kernels() {
+        assert!(!gemm_splits_depth(512));
+        let block = gemm_depth_block();
+        assert!(block >= 512 && block.is_power_of_two(), "{block}");
+        assert!(gemm_splits_depth(4 * block));
     }
 
     #[test]
