@@ -199,11 +199,14 @@ impl Manifest {
 /// deeper than 512 (the Kolter-Wong network's first dense layer, the WRN's 64-channel convolutions):
 /// training is deterministic per depth block, not across them. Measured, not derived from the cache.
 pub fn gemm_depth_block() -> usize {
-    let mut block = 512;
-    while block < 1 << 16 && !gemm_splits_depth(2 * block) {
-        block *= 2;
-    }
-    block
+    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        let mut block = 512;
+        while block < 1 << 16 && !gemm_splits_depth(2 * block) {
+            block *= 2;
+        }
+        block
+    })
 }
 
 /// Whether gemm splits a depth of `k` into blocks: every column of the right operand holds 2^24 at
