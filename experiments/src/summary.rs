@@ -561,8 +561,8 @@ fn table1_section(t: &Table, path: &Path, results: &Path) -> Result<String> {
     Ok(md)
 }
 
-/// The plain WRN trained longer (overnight profile) on the stand-in (`results/reference/`, measured
-/// once), and how far each Table 1 model's clean accuracy is from it: the baselines should be within 3 points, the LMT
+/// The plain WRN trained longer (svhn_weight_decay's `reference` profile) on the stand-in
+/// (`results/reference/`, measured once), and how far each Table 1 model's clean accuracy is from it: the baselines should be within 3 points, the LMT
 /// models within the paper's drop plus 3 (1.9 for LMT c 0.01, about 12 for the average-pool LMT).
 fn learned(t: &Table, path: &Path, results: &Path) -> Result<String> {
     // `path` is results/<profile>/table1_standin.csv; the runs sit beside it.
