@@ -1,7 +1,8 @@
 """What the one-off checks under scripts/ share: atomic writes, and the manifest of a result file
 (`<stem>_manifest.json` beside `<stem>.csv`, the convention of every other result) with the fields every
 generated result carries: config, git revision, seed, data and its checksums, profile, machine, wall time;
-and the folder's index (`index.csv` with its manifest), rewritten by every check."""
+and a folder's index (`index.csv` with its manifest), rewritten by every check (and by
+scripts/reference.sh for results/reference/)."""
 
 import csv
 import json
@@ -45,21 +46,23 @@ def write_manifest(csv_path, *, experiment, profile, config, git_revision, wall_
     os.replace(tmp, path)
 
 
-def write_index(root, *, git_revision, command):
-    """`<root>/index.csv` and its manifest: one row per check (`<root>/<check>/comparison.csv`) with what
-    its manifest records, so the folder says at its top what each check is, from which revision and data."""
-    checks = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "comparison_manifest.json")))
-    manifests = [json.load(open(os.path.join(root, d, "comparison_manifest.json"))) for d in checks]
+def write_index(root, *, git_revision, command, kind="check", entry_manifest="comparison_manifest.json",
+                entry_result="comparison.csv"):
+    """`<root>/index.csv` and its manifest: one row per entry (`<root>/<entry>/<entry_result>`, described by
+    `<root>/<entry>/<entry_manifest>`) with what its manifest records, so the folder says at its top what
+    each entry is, from which revision and data. `kind` names the entries (checks; runs)."""
+    entries = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, entry_manifest)))
+    manifests = [json.load(open(os.path.join(root, d, entry_manifest))) for d in entries]
     write_csv(os.path.join(root, "index.csv"),
-              ["check", "result", "command", "git_revision", "profile", "reduced", "seed", "dataset", "wall_seconds"],
-              [[d, f"{d}/comparison.csv", m["command"], m["git_revision"], m["profile"], m["reduced"], m["seed"],
-                m["dataset"], m["wall_seconds"]] for d, m in zip(checks, manifests)])
+              [kind, "result", "command", "git_revision", "profile", "reduced", "seed", "dataset", "wall_seconds"],
+              [[d, f"{d}/{entry_result}", m["command"], m["git_revision"], m["profile"], m["reduced"], m["seed"],
+                m["dataset"], m["wall_seconds"]] for d, m in zip(entries, manifests)])
     checksums = sorted({c for m in manifests for c in m["data_checksums"]})
     manifest = {
-        "experiment": "checks index",
+        "experiment": f"{kind}s index",
         "profile": " and ".join(sorted({m["profile"] for m in manifests})),
         "reduced": any(m["reduced"] for m in manifests),
-        "config": "one row per one-off check under this folder, each described in full by its comparison_manifest.json",
+        "config": f"one row per {kind} under this folder, each described in full by its {entry_manifest}",
         "git_revision": git_revision,
         "seed": sorted({m["seed"] for m in manifests}),
         "dataset": " and ".join(sorted({m["dataset"] for m in manifests})),

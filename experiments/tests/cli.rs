@@ -16,7 +16,8 @@ fn experiments(args: &[&str]) -> std::process::Output {
 /// deterministic on hosts with one block, and its last bits differ between blocks. These change exactly
 /// when the numerics change: then the committed results under results/ no longer equal what the code
 /// produces, and must be regenerated (README, "Reproducing the paper") in the same commit that updates
-/// these values. 512: AMD EPYC family 25 (AVX2, 32 KiB 8-way L1d); 1024: the AMD EPYC with AVX-512.
+/// these values. 512: AMD EPYC family 25 (AVX2, 32 KiB 8-way L1d; measured); 1024: the pair taken on the
+/// AMD EPYC with AVX-512, whose block gemm's formula puts at 1024 (its probe not yet read there).
 const SMOKE_SHA256: [(usize, Smoke); 2] = [
     (
         512,
