@@ -29,6 +29,17 @@ struct Cli {
     /// built by `make gpu`). Certificates are computed in f64 on the CPU whatever the device.
     #[arg(long, global = true, default_value = "cpu", env = "LMT_DEVICE")]
     device: String,
+    /// How CPU matmuls deeper than 512 are reduced: host (in the gemm crate's blocks for this CPU's
+    /// cache, so their last bits differ between hosts) or portable (in the blocks of a 512-block host on
+    /// every host, so any x86-64 host with AVX2+FMA gives the same bits). Manifests name the choice.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "host",
+        env = "LMT_NUMERICS"
+    )]
+    numerics: NumericsArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +71,15 @@ pub struct DataArgs {
     /// the README) or mnist. Without Fashion-MNIST installed, mnist is used and every run says so.
     #[arg(long, value_enum, default_value = "fashion")]
     pub stand_in: StandIn,
+}
+
+/// How deep products are reduced (`lmt_models::Numerics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NumericsArg {
+    /// gemm's blocks for this host's cache (the fastest).
+    Host,
+    /// A 512-block host's blocks on every host (the same bits everywhere).
+    Portable,
 }
 
 /// The real data set behind the SVHN stand-in.
@@ -148,6 +168,10 @@ fn reproduce(a: &pipeline::AnalysisArgs) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     device::set(&cli.device)?;
+    lmt_models::set_numerics(match cli.numerics {
+        NumericsArg::Host => lmt_models::Numerics::Host,
+        NumericsArg::Portable => lmt_models::Numerics::Portable,
+    });
     match cli.command {
         Command::DataInfo { data } => data_info::run(&data),
         Command::Train(args) => train::run(&args),

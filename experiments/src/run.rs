@@ -393,12 +393,25 @@ pub fn manifest(
                 )
             })
             .collect(),
-        machine: lmt_analysis::Manifest::this_machine(),
+        machine: machine(),
         wall_seconds,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         model: None,
         provenance: None,
     }
+}
+
+/// This host as manifests describe it, and how deep products were reduced when not as gemm blocks
+/// them for this host (that decides the last bits, see `lmt_models::Numerics`).
+fn machine() -> String {
+    let mut m = lmt_analysis::Manifest::this_machine();
+    if lmt_models::numerics() == lmt_models::Numerics::Portable {
+        m.push_str(&format!(
+            ", portable numerics (deep products in a {}-block host's blocks)",
+            lmt_models::PORTABLE_DEPTH_BLOCK
+        ));
+    }
+    m
 }
 
 /// Creates `dir` and checks that a file can be written there, before any long work starts (a read-only

@@ -16,8 +16,9 @@ fn experiments(args: &[&str]) -> std::process::Output {
 /// deterministic on hosts with one block, and its last bits differ between blocks. These change exactly
 /// when the numerics change: then the committed results under results/ no longer equal what the code
 /// produces, and must be regenerated (README, "Reproducing the paper") in the same commit that updates
-/// these values. 512: AMD EPYC family 25 (AVX2, 32 KiB 8-way L1d; measured); 1024: the pair taken on the
-/// AMD EPYC with AVX-512, whose block gemm's formula puts at 1024 (its probe not yet read there).
+/// these values. 512: AMD EPYC family 25 (AVX2, 32 KiB 8-way L1d); 1024: AMD EPYC family 26 (AVX-512,
+/// 48 KiB 12-way L1d); both blocks measured by the probe on those hosts. Under `--numerics portable`
+/// every host gives the 512 pair (`portable_numerics_give_the_512_block_digests_on_every_host`).
 const SMOKE_SHA256: [(usize, Smoke); 2] = [
     (
         512,
@@ -421,23 +422,67 @@ fn unknown_config_and_bad_flags_give_clear_errors() {
     assert!(!r.status.success() && err.contains("config.yaml"), "{err}");
 }
 
+/// The SVHN-format fixtures as official file names in a fresh directory.
+fn svhn_fixture_dir() -> tempfile::TempDir {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/lmt-data/tests/fixtures");
+    let svhn = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("svhn_compressed.mat", "train_32x32.mat"),
+        ("svhn_uncompressed.mat", "test_32x32.mat"),
+    ] {
+        std::fs::copy(fixtures.join(from), svhn.path().join(to)).unwrap();
+    }
+    svhn
+}
+
+/// Portable numerics reduce every deep product in a 512-block host's blocks, so both smoke checkpoints
+/// come out bit for bit as on a 512-block host whatever this host's block, and the manifest says so.
+#[test]
+fn portable_numerics_give_the_512_block_digests_on_every_host() {
+    if !mnist_present() {
+        return;
+    }
+    let pinned = &SMOKE_SHA256.iter().find(|(b, _)| *b == 512).unwrap().1;
+    let svhn = svhn_fixture_dir();
+    let s = svhn.path().to_str().unwrap();
+    for (config, extra, want) in [
+        ("mnist_lmt_c1", &[][..], pinned.kw),
+        ("svhn_lmt_c001", &["--svhn-dir", s][..], pinned.wrn),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let o = out.path().to_str().unwrap();
+        let mut args = vec![
+            "--numerics",
+            "portable",
+            "train",
+            "--config",
+            config,
+            "--profile",
+            "smoke",
+            "--out",
+            o,
+            "--no-progress",
+        ];
+        args.extend_from_slice(extra);
+        let r = experiments(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        pinned_digest(&out.path().join("checkpoint.safetensors"), want);
+        let manifest = std::fs::read_to_string(out.path().join("manifest.json")).unwrap();
+        assert!(manifest.contains("portable numerics"), "{manifest}");
+    }
+    let r = experiments(&["--numerics", "fast", "data-info"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("--numerics") && err.contains("portable"),
+        "{err}"
+    );
+}
+
 /// The WRN path end to end on the committed SVHN-format fixtures (8 synthetic images: this checks the
 /// plumbing, not any accuracy).
 #[test]
 fn smoke_wide_resnet_on_svhn_format_files() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fixtures = root.join("crates/lmt-data/tests/fixtures");
-    let svhn = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixtures.join("svhn_compressed.mat"),
-        svhn.path().join("train_32x32.mat"),
-    )
-    .unwrap();
-    std::fs::copy(
-        fixtures.join("svhn_uncompressed.mat"),
-        svhn.path().join("test_32x32.mat"),
-    )
-    .unwrap();
+    let svhn = svhn_fixture_dir();
     let out = tempfile::tempdir().unwrap();
     let (s, o) = (svhn.path().to_str().unwrap(), out.path().to_str().unwrap());
     let r = experiments(&[

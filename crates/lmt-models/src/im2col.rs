@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::conv::ConvCfg;
 use crate::cpu::{for_each_chunk, operands};
+use crate::numerics::{depth_ranges, numerics, Numerics};
 
 /// The geometry shared by the gather and the scatter: kernel, stride, dilation, padding and the input's
 /// size. Output row `y` at kernel row `i` reads input row `y sh + i dh - pt` (zero outside the input).
@@ -150,8 +151,39 @@ impl<'a> Mat<'a> {
 }
 
 /// `dst (m x n, row-major, row stride n) = [dst +] lhs (m x k) · rhs (k x n)`, single-threaded: the
-/// callers parallelise over images. Bounds are checked before the unsafe call.
+/// callers parallelise over images. Reduced over the depth ranges [`numerics`] asks for, each range
+/// added to `dst` in order, as gemm adds its own blocks.
 fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
+    sgemm_in(numerics(), m, n, k, dst, accumulate, lhs, rhs)
+}
+
+/// [`sgemm`] under the given mode.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_in(
+    mode: Numerics,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+) {
+    for r in depth_ranges(mode, m, n, k) {
+        let lhs = Mat {
+            data: &lhs.data[(r.start * lhs.cs).min(lhs.data.len())..],
+            ..lhs
+        };
+        let rhs = Mat {
+            data: &rhs.data[(r.start * rhs.rs).min(rhs.data.len())..],
+            ..rhs
+        };
+        sgemm_pass(m, n, r.len(), dst, accumulate || r.start > 0, lhs, rhs);
+    }
+}
+
+/// One gemm call for [`sgemm`]. Bounds are checked before the unsafe call.
+fn sgemm_pass(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
     let last = |rows: usize, cols: usize, a: &Mat| (rows - 1) * a.rs + (cols - 1) * a.cs;
     if m == 0 || n == 0 || k == 0 {
         if !accumulate {
@@ -448,4 +480,42 @@ fn candle_conv2d(x: &Tensor, weight: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
         }
     }
     x.conv2d(weight, 0, s, d, cfg.groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution's gemm under portable numerics sums a 1024-deep product in two 512-deep passes
+    /// on every host: 2^24 at depth 0 and ones from depth 512 on keep their 512 (one pass would round
+    /// each 1 away), also when accumulating into `dst` and with a transposed operand.
+    #[test]
+    fn portable_sgemm_reduces_in_512_deep_passes() {
+        let (m, n, k) = (65, 65, 1024);
+        let big = 16_777_216f32;
+        let lhs = vec![1f32; m * k];
+        let mut rhs = vec![0f32; k * n];
+        for j in 0..n {
+            rhs[j] = big;
+            for d in k / 2..k {
+                rhs[d * n + j] = 1.0;
+            }
+        }
+        let rhs_t: Vec<f32> = (0..n * k).map(|i| rhs[(i % k) * n + i / k]).collect();
+        for (rhs, accumulate) in [
+            (Mat::rows(&rhs, n), false),
+            (Mat::transposed(&rhs_t, k), false),
+            (Mat::rows(&rhs, n), true),
+        ] {
+            let mut dst = vec![if accumulate { 2.0 } else { f32::NAN }; m * n];
+            let lhs = Mat::rows(&lhs, k);
+            sgemm_in(Numerics::Portable, m, n, k, &mut dst, accumulate, lhs, rhs);
+            let want = if accumulate {
+                big + 512.0 + 2.0
+            } else {
+                big + 512.0
+            };
+            assert!(dst.iter().all(|&x| x == want), "{:?}", &dst[..3]);
+        }
+    }
 }

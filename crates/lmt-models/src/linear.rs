@@ -85,7 +85,7 @@ impl LipLinear {
     /// `x W^T + b`, each parameter passed through `param` (the tracked tensor itself, or [`Ctx::param`],
     /// which detaches it when the context is frozen).
     fn apply(&self, x: &Tensor, param: impl Fn(&Tensor) -> Tensor) -> candle_core::Result<Tensor> {
-        let y = x.broadcast_matmul(&param(&self.weight).t()?)?;
+        let y = crate::matmul(x, &param(&self.weight).t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&param(b)),
             None => Ok(y),
@@ -108,7 +108,7 @@ impl LipModule for LipLinear {
                 let u = ctx
                     .vectors()?
                     .get(&self.name, (1, self.weight.dim(1)?), x.device())?;
-                Ok(l2_norm(&u.as_tensor().matmul(&self.weight.t()?)?)?)
+                Ok(l2_norm(&crate::matmul(u.as_tensor(), &self.weight.t()?)?)?)
             },
             || self.certified(ctx.method),
         )?;

@@ -17,7 +17,7 @@ pub fn parseval_step(params: &[(String, Var)], last_weight: &Tensor, beta: f64) 
             p.set(&Tensor::new(&[a0, 1.0 - a0], t.device())?)?;
         } else if (t.rank() == 4 || t.rank() == 2) && p.as_tensor().id() != last_weight.id() {
             let m = t.flatten_from(1)?;
-            let mmtm = m.matmul(&m.t()?)?.matmul(&m)?;
+            let mmtm = lmt_models::matmul(&lmt_models::matmul(&m, &m.t()?)?, &m)?;
             let retracted = ((&m * (1.0 + beta))? - (mmtm * beta)?)?;
             p.set(&retracted.reshape(t.shape())?)?;
         }

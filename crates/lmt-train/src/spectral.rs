@@ -52,8 +52,8 @@ impl SpectralNormHook {
             };
             let m = p.as_tensor().detach().flatten_from(1)?; // out x in
             let a = a.broadcast_div(&a.sqr()?.sum_all()?.sqrt()?)?;
-            let u = a.matmul(&m)?; // 1 x in
-            let v = u.matmul(&m.t()?)?; // 1 x out
+            let u = lmt_models::matmul(&a, &m)?; // 1 x in
+            let v = lmt_models::matmul(&u, &m.t()?)?; // 1 x out
             let norm = |t: &Tensor| -> Result<f64> {
                 Ok(t.sqr()?
                     .sum_all()?
