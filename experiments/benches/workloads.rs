@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const ALL: [&str; 16] = [
+const ALL: [&str; 18] = [
     "gemm_peak",
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
@@ -28,6 +28,8 @@ const ALL: [&str; 16] = [
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
+    "wrn1_train_step_b128",
+    "wrn1_cw_iteration_b100",
     "kw_deepfool_per_image",
     "kw_cw100_per_image",
     "kw_certified_bound_dense",
@@ -82,6 +84,11 @@ fn train_step(
     let mut opt = Optimizer::new(OptimizerConfig::Adam { lr: 1e-3 }, params(vm))?;
     let vectors = PowerVectors::new(0);
     let (warm, reps) = if hw > 28 { (1, 5) } else { (5, 30) };
+    let (warm, reps) = if std::env::var_os("LONG").is_some() {
+        (3, 30)
+    } else {
+        (warm, reps)
+    };
     time(warm, reps, || {
         let ctx = Ctx::train(&vectors);
         let loss = if lmt {
@@ -115,6 +122,14 @@ fn peak_rss_mb() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Table 1's quick-profile network: WRN-16-1 (the paper's WRN-16-4 at width 1).
+fn wrn1() -> WideResNetCfg {
+    WideResNetCfg {
+        width: 1,
+        ..WideResNetCfg::default()
+    }
 }
 
 /// Side of the square f32 matrices whose product measures this host's sustained gemm rate.
@@ -157,6 +172,13 @@ fn flop(name: &str) -> Res<Option<f64>> {
         "kw_inference_b1000" => 1000.0 * kw()?,
         "wrn_train_step_b32" => 3.0 * 32.0 * wrn()?,
         "wrn_inference_b128" => 128.0 * wrn()?,
+        "wrn1_train_step_b128" => {
+            3.0 * 128.0 * forward_macs(&WideResNet::new(wrn1(), &vm, 0, &dev)?)?
+        }
+        // Forward and input gradient (no weight gradient) per C&W iteration.
+        "wrn1_cw_iteration_b100" => {
+            2.0 * 100.0 * forward_macs(&WideResNet::new(wrn1(), &vm, 0, &dev)?)?
+        }
         _ => return Ok(None),
     };
     Ok(Some(2.0 * macs))
@@ -209,6 +231,33 @@ fn run(name: &str) -> Res<f64> {
         "wrn_train_step_b32" => {
             let m = WideResNet::new(WideResNetCfg::default(), &vm, 0, &dev)?;
             train_step(&m, &vm, 32, 3, 32, false)
+        }
+        "wrn1_train_step_b128" => {
+            let m = WideResNet::new(wrn1(), &vm, 0, &dev)?;
+            train_step(&m, &vm, 128, 3, 32, false)
+        }
+        "wrn1_cw_iteration_b100" => {
+            // One C&W iteration (forward and input gradient, frozen weights) on a batch of 100, as Table 1's
+            // quick profile runs it: 10 iterations of one binary step, per iteration.
+            let model = WideResNet::new(wrn1(), &vm, 0, &dev)?;
+            let (x, _) = batch(100, 3, 32)?;
+            let f = |x: &Tensor| model.eval_logits(x);
+            let labels: Vec<usize> = f(&x)?
+                .argmax(1)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|v| v as usize)
+                .collect();
+            let cw = lmt_attacks::CwConfig {
+                iterations: 10,
+                binary_steps: 1,
+                ..Default::default()
+            };
+            let ms = time(0, 3, || {
+                lmt_attacks::carlini_wagner(&f, &x, &labels, &cw)?;
+                Ok(())
+            })?;
+            Ok(ms / 10.0)
         }
         "kw_inference_b1000" | "wrn_inference_b128" => {
             let (model, b, c, hw): (Box<dyn Classifier>, _, _, _) = if name.starts_with("kw") {

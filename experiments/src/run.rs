@@ -405,6 +405,12 @@ pub fn manifest(
 /// them for this host (that decides the last bits, see `lmt_models::Numerics`).
 fn machine() -> String {
     let mut m = lmt_analysis::Manifest::this_machine();
+    // The thread count never changes the numbers; it explains the times.
+    let threads = candle_core::utils::get_num_threads();
+    m.push_str(&format!(
+        ", {threads} compute thread{}",
+        if threads == 1 { "" } else { "s" }
+    ));
     if lmt_models::numerics() == lmt_models::Numerics::Portable {
         m.push_str(&format!(
             ", portable numerics (deep products in a {}-block host's blocks)",

@@ -3,7 +3,11 @@
 //! SVHN files or, without them, on the named stand-in; beside the paper's C&W column, accuracy under the
 //! strongest attack we have and certified accuracy, each with its 95% Wilson interval, and a figure.
 
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -28,6 +32,10 @@ pub struct Table1Args {
     /// names the rows this command could train.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Train, certify and attack the --only rows, then stop without writing the table (what each
+    /// process of --jobs runs).
+    #[arg(long, hide = true)]
+    pub prepare_only: bool,
 }
 
 /// `table1` as `reproduce` runs it: every row trained, certified and attacked unless done already.
@@ -35,6 +43,7 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
     table1_rows(&Table1Args {
         analysis: args.clone(),
         only: Vec::new(),
+        prepare_only: false,
     })
 }
 
@@ -131,6 +140,146 @@ fn strongest_pgd(
     Ok(())
 }
 
+/// `--jobs N`: trains, certifies and attacks the rows to recompute in up to N child processes of this
+/// executable (`table1 --only ROW --prepare-only`), each with 1/N of the threads, their output forwarded
+/// line by line under the row's name. The slowest rows (the LMT ones, last in the table) start first.
+/// Afterwards every row is reusable, so the table is assembled as with one job.
+fn prepare_in_parallel(a: &AnalysisArgs, only: &[String]) -> Result<()> {
+    let rows: Vec<&str> = TABLE1
+        .iter()
+        .rev()
+        .map(|r| r.1)
+        .filter(|c| only.is_empty() || only.iter().any(|o| o == c))
+        .collect();
+    let jobs = usize::try_from(a.jobs)
+        .unwrap_or(usize::MAX)
+        .min(rows.len());
+    if jobs <= 1 {
+        return Ok(());
+    }
+    let threads = (candle_core::utils::get_num_threads() / jobs).max(1);
+    let exe = std::env::current_exe().context("table1 --jobs: locating this executable")?;
+    eprintln!(
+        "table1: {} rows in {jobs} processes of {threads} thread(s) each (--jobs {})",
+        rows.len(),
+        a.jobs
+    );
+    let queue = Mutex::new(rows.into_iter());
+    let failed = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                if !lock(&failed).is_empty() {
+                    break; // after a failure, start no new row; the running ones finish
+                }
+                let Some(config) = lock(&queue).next() else {
+                    break;
+                };
+                if let Err(e) = prepare_in_child(&exe, a, config, threads) {
+                    lock(&failed).push(format!("{config}: {e:#}"));
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !failed.is_empty() {
+        bail!(
+            "table1 --jobs: {} (run the same command again: finished work is reused)",
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The data behind `m`, also after another thread panicked holding it (the data stay consistent here).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One row of `--jobs` in a child process; returns when it exits, an error unless it succeeded.
+fn prepare_in_child(exe: &Path, a: &AnalysisArgs, config: &str, threads: usize) -> Result<()> {
+    let started = Instant::now();
+    let numerics = match lmt_models::numerics() {
+        lmt_models::Numerics::Host => "host",
+        lmt_models::Numerics::Portable => "portable",
+    };
+    let mut child = Command::new(exe)
+        .arg("table1")
+        .args(child_flags(a))
+        .args(["--only", config, "--prepare-only", "--jobs", "1"])
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("LMT_NUMERICS", numerics)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    eprintln!("table1: [{config}] started");
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(o) = out {
+                forward_lines(o, config);
+            }
+        });
+        if let Some(e) = err {
+            forward_lines(e, config);
+        }
+    });
+    let status = child.wait().context("waiting for the child process")?;
+    if !status.success() {
+        bail!("its process failed ({status}; its output is above, prefixed [{config}])");
+    }
+    eprintln!(
+        "table1: [{config}] done in {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// Copies a child's output to our stderr line by line, each prefixed with the row's config name.
+fn forward_lines(r: impl Read, config: &str) {
+    for line in BufReader::new(r).lines().map_while(std::io::Result::ok) {
+        eprintln!("[{config}] {line}");
+    }
+}
+
+/// The flags that give a child process the analysis and data settings of `a`.
+fn child_flags(a: &AnalysisArgs) -> Vec<OsString> {
+    let d = &a.data;
+    let mut f: Vec<OsString> = vec![
+        "--profile".into(),
+        a.profile.clone().into(),
+        "--results".into(),
+        a.results.clone().into(),
+        "--figures".into(),
+        a.figures.clone().into(),
+        "--mnist-dir".into(),
+        d.mnist_dir.clone().into(),
+        "--fashion-dir".into(),
+        d.fashion_dir.clone().into(),
+        "--stand-in".into(),
+        match d.stand_in {
+            crate::StandIn::Fashion => "fashion",
+            crate::StandIn::Mnist => "mnist",
+        }
+        .into(),
+    ];
+    if let Some(dir) = &d.svhn_dir {
+        f.extend(["--svhn-dir".into(), dir.clone().into()]);
+    }
+    for (on, flag) in [
+        (d.svhn_extra, "--svhn-extra"),
+        (d.svhn_authors_labels, "--svhn-authors-labels"),
+        (d.svhn_stand_in, "--svhn-stand-in"),
+    ] {
+        if on {
+            f.push(flag.into());
+        }
+    }
+    f
+}
+
 /// A proportion as three CSV cells (percent, interval low, interval high).
 fn cells(p: Proportion) -> [String; 3] {
     let (lo, hi) = p.wilson95();
@@ -160,6 +309,9 @@ pub fn table1_rows(args: &Table1Args) -> Result<()> {
             "table1: no --svhn-dir (or SVHN_DIR): running on the STAND-IN {} — these are NOT SVHN numbers",
             crate::run::stand_in_name(base)
         );
+    }
+    if a.jobs > 1 && !args.prepare_only {
+        prepare_in_parallel(&a, &args.only)?;
     }
     let budget = Budget::of(&a.profile);
     let mut header: Vec<String> = ["method", "dataset", "network", "points", "cw_points"]
@@ -196,6 +348,9 @@ pub fn table1_rows(args: &Table1Args) -> Result<()> {
     let mut panels = Vec::new();
     for (method, config, paper, paper_radius) in TABLE1 {
         let recompute = args.only.is_empty() || args.only.iter().any(|o| o == config);
+        if args.prepare_only && !recompute {
+            continue;
+        }
         eprintln!(
             "table1: {method} ({config}){}",
             if recompute {
@@ -255,6 +410,9 @@ pub fn table1_rows(args: &Table1Args) -> Result<()> {
                     dir.display()
                 )
             })?;
+        }
+        if args.prepare_only {
+            continue;
         }
         reduced |= trained.reduced;
         dataset = data.name.clone();
@@ -390,6 +548,9 @@ pub fn table1_rows(args: &Table1Args) -> Result<()> {
             series,
         });
     }
+    if args.prepare_only {
+        return Ok(());
+    }
     let root = a.results.join(&a.profile);
     let name = if a.data.svhn_stand_in {
         "table1_standin"
@@ -422,7 +583,6 @@ pub fn table1_rows(args: &Table1Args) -> Result<()> {
     Ok(())
 }
 
-/// The trained WRN's width factor (after its profile).
 /// What the manifest says of `--only`: which rows this command could train, the others read as they
 /// stood (each run directory's manifests carry their own revision, machine and times).
 fn only_note(only: &[String]) -> String {
@@ -436,6 +596,7 @@ fn only_note(only: &[String]) -> String {
     }
 }
 
+/// The trained WRN's width factor (after its profile).
 fn wrn_width(t: &crate::run::Resolved) -> usize {
     match t.model {
         lmt_train::ModelConfig::WideResnet { width, .. } => width,
