@@ -6,6 +6,9 @@ PROFILE ?= quick
 # Two rayon threads on the 2-core reference machine; also spares candle from re-reading /proc/cpuinfo on
 # every matmul (shared/reference/candle-cpu-performance.md, lever 2).
 export RAYON_NUM_THREADS ?= 2
+# `make reproduce`: Table 1's rows prepared in this many processes at once (the threads shared among
+# them): the same numbers, and on 2 cores faster than one process (README, "Table 1 on a laptop").
+JOBS ?= 2
 
 .PHONY: all data test fmt-check clippy unit reproduce modern bench bench-compare gpu gpu-check gpu-pack doc clean
 
@@ -34,7 +37,7 @@ EXP = $(CARGO) run --release -q -p experiments --
 ## robustness curves and results/$(PROFILE)/SUMMARY.md. An interrupted run resumes where it stopped.
 reproduce: data
 	$(EXP) data-info
-	$(EXP) reproduce --profile $(PROFILE)
+	$(EXP) reproduce --profile $(PROFILE) --jobs $(JOBS)
 
 ## The modern yardstick: certified accuracy at L2 0.5 / 1.0 / 1.58 on MNIST, LMT and a GloRo-style loss
 ## swept on a validation split, the chosen settings trained longer; results/modern/, figures/modern/.

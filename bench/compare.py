@@ -27,6 +27,8 @@ WORKLOADS = [
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
+    "wrn1_train_step_b128",
+    "wrn1_cw_iteration_b100",
     "kw_deepfool_per_image",
     "kw_cw100_per_image",
     "kw_certified_bound_dense",

@@ -24,6 +24,8 @@ ALL = [
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
+    "wrn1_train_step_b128",
+    "wrn1_cw_iteration_b100",
     "kw_at_cw30_step_b50",
     "kw_deepfool_per_image",
     "kw_cw100_per_image",
@@ -112,6 +114,18 @@ def attack_per_image(name):
     else:
         cw(model, x, y, 100, 9, 1e-3)
     return (time.perf_counter() - s) * 1e3 / 100
+
+
+def wrn1_cw_iteration():
+    """Table 1's quick attack: C&W iterations on WRN-16-1 (frozen, eval mode), a batch of 100, per
+    iteration (10 iterations of one binary step)."""
+    model = WideResNet(width=1).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, _ = batch(100, 3, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return timed(0, 3, lambda: cw(model, x, y, 10, 1, 1e-3)) / 10
 
 
 def at_step():
@@ -233,6 +247,10 @@ def run(name):
         return train_step(WideResNet(), 32, 3, 32)
     if name == "wrn_inference_b128":
         return inference(WideResNet(), 128, 3, 32)
+    if name == "wrn1_train_step_b128":
+        return train_step(WideResNet(width=1), 128, 3, 32)
+    if name == "wrn1_cw_iteration_b100":
+        return wrn1_cw_iteration()
     if name == "kw_at_cw30_step_b50":
         return at_step()
     if name in ("kw_deepfool_per_image", "kw_cw100_per_image"):

@@ -84,11 +84,6 @@ fn train_step(
     let mut opt = Optimizer::new(OptimizerConfig::Adam { lr: 1e-3 }, params(vm))?;
     let vectors = PowerVectors::new(0);
     let (warm, reps) = if hw > 28 { (1, 5) } else { (5, 30) };
-    let (warm, reps) = if std::env::var_os("LONG").is_some() {
-        (3, 30)
-    } else {
-        (warm, reps)
-    };
     time(warm, reps, || {
         let ctx = Ctx::train(&vectors);
         let loss = if lmt {

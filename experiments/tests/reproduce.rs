@@ -290,22 +290,44 @@ fn smoke_reproduce_writes_every_table_figure_and_manifest() {
     );
 }
 
+/// Every data file a Table 1 run directory holds (checkpoint, certificates, attacks), by name; not the
+/// manifests, summaries and training log, which carry times and paths.
+fn run_data(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            (name.ends_with(".csv") && name != "log.csv") || name.ends_with(".safetensors")
+        })
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// The path a user with the official SVHN files takes: `table1 --svhn-dir` on SVHN-format MAT files
-/// (`scripts/make-svhn-fixtures.py` wrote them), with and without `--svhn-extra`, writes `table1.csv`.
+/// (`scripts/make-svhn-fixtures.py` wrote them), with and without `--svhn-extra`, writes `table1.csv`;
+/// with `--jobs 2` (rows in two processes of one thread) every file holds the same bytes.
 #[test]
 fn smoke_table1_on_svhn_format_files() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let svhn = root.join("crates/lmt-data/tests/fixtures/svhn_dir");
-    for extra in [false, true] {
+    let mut one_job = None;
+    for (extra, jobs) in [(false, "1"), (true, "1"), (false, "2")] {
         let tmp = tempfile::tempdir().unwrap();
         let (results, figures) = (tmp.path().join("results"), tmp.path().join("figures"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_experiments"));
-        cmd.args(["table1", "--profile", "smoke", "--svhn-dir"])
+        cmd.args(["table1", "--profile", "smoke", "--jobs", jobs, "--svhn-dir"])
             .arg(&svhn)
             .arg("--results")
             .arg(&results)
             .arg("--figures")
             .arg(&figures)
+            .env_remove("LMT_JOBS")
             .current_dir(&root);
         if extra {
             cmd.arg("--svhn-extra");
@@ -328,5 +350,43 @@ fn smoke_table1_on_svhn_format_files() {
         let log =
             std::fs::read_to_string(r.join("svhn_weight_decay").join("manifest.json")).unwrap();
         assert_eq!(log.contains("extra_32x32.mat"), extra, "{log}");
+        let data: Vec<_> = std::iter::once(r.join("table1.csv"))
+            .chain(TABLE1_RUNS.iter().map(|run| r.join(run)))
+            .map(|p| {
+                if p.is_dir() {
+                    run_data(&p)
+                } else {
+                    vec![(p.display().to_string(), std::fs::read(&p).unwrap())]
+                }
+            })
+            .map(|files| {
+                files
+                    .into_iter()
+                    .map(|(n, b)| (n.replace(&*r.to_string_lossy(), ""), b))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if jobs == "2" {
+            assert!(
+                err.contains("5 rows in 2 processes of 1 thread(s) each"),
+                "{err}"
+            );
+            assert!(err.contains("[svhn_parseval] "), "{err}");
+            assert!(
+                data == *one_job.as_ref().unwrap(),
+                "--jobs 2 changed some file"
+            );
+        } else if !extra {
+            one_job = Some(data);
+        }
     }
 }
+
+/// The run directories of Table 1's rows on SVHN.
+const TABLE1_RUNS: [&str; 5] = [
+    "svhn_weight_decay",
+    "svhn_parseval",
+    "svhn_spectral_norm",
+    "svhn_lmt_c001",
+    "svhn_avg_lmt_c01",
+];

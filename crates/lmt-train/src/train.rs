@@ -464,6 +464,18 @@ pub fn train(
             estimated_bound: estimate,
             seconds: started.elapsed().as_secs_f64(),
         };
+        if opts.progress && bar.is_hidden() {
+            // No terminal to draw the bar on (a log file, a pipe, `table1 --jobs`): one line per epoch.
+            eprintln!(
+                "epoch {}/{}: loss {:.4}, train accuracy {:.4}, test accuracy {:.4} ({:.1} s)",
+                row.epoch,
+                plan.epochs,
+                row.train_loss,
+                row.train_accuracy,
+                row.test_accuracy,
+                row.seconds
+            );
+        }
         rows.push(row.csv());
         write_log(&log_path, &rows)?;
         logs.push(row);
