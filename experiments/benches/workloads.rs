@@ -57,6 +57,16 @@ fn batch(b: usize, c: usize, hw: usize) -> Res<(Tensor, Tensor)> {
     ))
 }
 
+/// The model's own predictions from its logits, as attack labels: every input is then attacked.
+fn own_labels(logits: &Tensor) -> Res<Vec<usize>> {
+    Ok(logits
+        .argmax(1)?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|v| v as usize)
+        .collect())
+}
+
 /// Median milliseconds of `f` over `reps` timed runs after `warm` untimed ones.
 fn time(warm: usize, reps: usize, mut f: impl FnMut() -> Res<()>) -> Res<f64> {
     for _ in 0..warm {
@@ -237,12 +247,7 @@ fn run(name: &str) -> Res<f64> {
             let model = WideResNet::new(wrn1(), &vm, 0, &dev)?;
             let (x, _) = batch(100, 3, 32)?;
             let f = |x: &Tensor| model.eval_logits(x);
-            let labels: Vec<usize> = f(&x)?
-                .argmax(1)?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|v| v as usize)
-                .collect();
+            let labels = own_labels(&f(&x)?)?;
             let cw = lmt_attacks::CwConfig {
                 iterations: 10,
                 binary_steps: 1,
@@ -275,13 +280,7 @@ fn run(name: &str) -> Res<f64> {
             let model = KolterWong::new(&vm, 0, &dev)?;
             let (x, _) = batch(100, 1, 28)?;
             let f = |x: &Tensor| model.eval_logits(x);
-            // Labels = the model's own predictions, so every input is attacked.
-            let labels: Vec<usize> = f(&x)?
-                .argmax(1)?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|v| v as usize)
-                .collect();
+            let labels = own_labels(&f(&x)?)?;
             let ms = time(0, 1, || {
                 if name.contains("deepfool") {
                     lmt_attacks::deepfool(&f, &x, &labels, &Default::default())?;

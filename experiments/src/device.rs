@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 
 static DEVICE: OnceLock<Device> = OnceLock::new();
+static SPEC: OnceLock<String> = OnceLock::new();
 
 /// The device of `spec` (`cpu`, `cuda`, `cuda:N`).
 pub fn parse(spec: &str) -> Result<Device> {
@@ -47,7 +48,13 @@ pub fn set(spec: &str) -> Result<()> {
         return Ok(());
     }
     let _ = DEVICE.set(dev);
+    let _ = SPEC.set(spec.trim().to_ascii_lowercase());
     Ok(())
+}
+
+/// The `--device` spec this process runs on, for child processes (`table1 --jobs`) to run on the same.
+pub fn spec() -> String {
+    SPEC.get().cloned().unwrap_or_else(|| "cpu".into())
 }
 
 /// The device this process trains and attacks on (the CPU unless `--device` said otherwise).

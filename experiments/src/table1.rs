@@ -142,8 +142,8 @@ fn strongest_pgd(
 
 /// `--jobs N`: trains, certifies and attacks the rows to recompute in up to N child processes of this
 /// executable (`table1 --only ROW --prepare-only`), each with 1/N of the threads, their output forwarded
-/// line by line under the row's name. The slowest rows (the LMT ones, last in the table) start first.
-/// Afterwards every row is reusable, so the table is assembled as with one job.
+/// line by line under the row's name, in reverse table order (the two LMT rows first). Afterwards every
+/// row is reusable, so the table is assembled as with one job.
 fn prepare_in_parallel(a: &AnalysisArgs, only: &[String]) -> Result<()> {
     let rows: Vec<&str> = TABLE1
         .iter()
@@ -199,16 +199,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One row of `--jobs` in a child process; returns when it exits, an error unless it succeeded.
 fn prepare_in_child(exe: &Path, a: &AnalysisArgs, config: &str, threads: usize) -> Result<()> {
     let started = Instant::now();
-    let numerics = match lmt_models::numerics() {
-        lmt_models::Numerics::Host => "host",
-        lmt_models::Numerics::Portable => "portable",
-    };
     let mut child = Command::new(exe)
         .arg("table1")
         .args(child_flags(a))
         .args(["--only", config, "--prepare-only", "--jobs", "1"])
         .env("RAYON_NUM_THREADS", threads.to_string())
-        .env("LMT_NUMERICS", numerics)
+        // The global flags, which child_flags does not carry: same device, same numerics.
+        .env("LMT_DEVICE", crate::device::spec())
+        .env("LMT_NUMERICS", lmt_models::numerics().name())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -494,13 +494,7 @@ mod tests {
         let (m, n, k) = (65, 65, 1024);
         let big = 16_777_216f32;
         let lhs = vec![1f32; m * k];
-        let mut rhs = vec![0f32; k * n];
-        for j in 0..n {
-            rhs[j] = big;
-            for d in k / 2..k {
-                rhs[d * n + j] = 1.0;
-            }
-        }
+        let rhs = crate::numerics::depth_probe(k, n);
         let rhs_t: Vec<f32> = (0..n * k).map(|i| rhs[(i % k) * n + i / k]).collect();
         for (rhs, accumulate) in [
             (Mat::rows(&rhs, n), false),

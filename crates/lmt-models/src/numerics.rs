@@ -31,6 +31,16 @@ pub enum Numerics {
     Portable,
 }
 
+impl Numerics {
+    /// The mode's name on the command line (`--numerics`, `LMT_NUMERICS`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Numerics::Host => "host",
+            Numerics::Portable => "portable",
+        }
+    }
+}
+
 static NUMERICS: AtomicU8 = AtomicU8::new(0);
 
 /// Chooses how deep products are reduced for the rest of the process (every thread). Set it once, before
@@ -99,6 +109,21 @@ fn matmul_with(mode: Numerics, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(sum.expect("at least two ranges"))
 }
 
+/// A `k x n` right operand (row-major) on which a 512 and a 1024 depth block differ: 2^24 at depth 0
+/// and ones from depth `k / 2` on; times a matrix of ones, one 1024-deep pass rounds every 1 away and
+/// two 512-deep passes keep their sum (`2^24 + k / 2`).
+#[cfg(test)]
+pub(crate) fn depth_probe(k: usize, n: usize) -> Vec<f32> {
+    let mut b = vec![0f32; k * n];
+    for j in 0..n {
+        b[j] = 16_777_216.0;
+        for d in k / 2..k {
+            b[d * n + j] = 1.0;
+        }
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,14 +161,7 @@ mod tests {
     fn portable_products_are_blocked_like_a_512_block_host() {
         let (m, n, k) = (65, 65, 1024);
         let a = Tensor::ones((m, k), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let mut bv = vec![0f32; k * n];
-        for j in 0..n {
-            bv[j] = 16_777_216.0;
-            for d in k / 2..k {
-                bv[d * n + j] = 1.0;
-            }
-        }
-        let b = Tensor::from_vec(bv, (k, n), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(depth_probe(k, n), (k, n), &Device::Cpu).unwrap();
         let got = matmul_with(Numerics::Portable, &a, &b).unwrap();
         let v: Vec<Vec<f32>> = got.to_vec2().unwrap();
         assert!(v.iter().flatten().all(|&x| x == 16_777_216.0 + 512.0));
