@@ -36,6 +36,47 @@ pub struct Table1Args {
     /// process of --jobs runs).
     #[arg(long, hide = true)]
     pub prepare_only: bool,
+    /// With --prepare-only: only this stage of the rows (each process of --jobs runs one).
+    #[arg(long, hide = true, value_enum, requires = "prepare_only")]
+    pub stage: Option<Stage>,
+}
+
+/// One stage of preparing a Table 1 row; `--jobs` runs each in its own process, as soon as the stages
+/// it reads are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// Training and certification (the attacks' consistency check reads the certificates).
+    Train,
+    /// C&W, the paper's column.
+    Cw,
+    /// Clipped DeepFool.
+    Deepfool,
+    /// PGD-L2 at each size, on the points C&W and DeepFool left.
+    Pgd,
+}
+
+impl Stage {
+    /// Every stage, in the order one process runs them.
+    const ALL: [Stage; 4] = [Stage::Train, Stage::Cw, Stage::Deepfool, Stage::Pgd];
+
+    /// The stages whose results this one reads.
+    fn needs(self) -> &'static [Stage] {
+        match self {
+            Stage::Train => &[],
+            Stage::Cw | Stage::Deepfool => &[Stage::Train],
+            Stage::Pgd => &[Stage::Cw, Stage::Deepfool],
+        }
+    }
+
+    /// The flag value naming it.
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Train => "train",
+            Stage::Cw => "cw",
+            Stage::Deepfool => "deepfool",
+            Stage::Pgd => "pgd",
+        }
+    }
 }
 
 /// `table1` as `reproduce` runs it: every row trained, certified and attacked unless done already.
@@ -44,6 +85,7 @@ pub fn table1(args: &AnalysisArgs) -> Result<()> {
         analysis: args.clone(),
         only: Vec::new(),
         prepare_only: false,
+        stage: None,
     })
 }
 
@@ -141,54 +183,134 @@ fn strongest_pgd(
 }
 
 /// `--jobs N`: trains, certifies and attacks the rows to recompute in up to N child processes of this
-/// executable (`table1 --only ROW --prepare-only`), each with 1/N of the threads, their output forwarded
-/// line by line under the row's name, in reverse table order (the two LMT rows first). Afterwards every
-/// row is reusable, so the table is assembled as with one job.
+/// executable at once (`table1 --only ROW --prepare-only --stage S`), each with 1/N of the threads, its
+/// output forwarded line by line under the row's and stage's names. A stage starts as soon as a process
+/// is free and the stages it reads are done, trainings first, then every row's C&W, DeepFool and PGD:
+/// whole rows on two processes would leave one core idle for the last row. Afterwards every row is
+/// reusable, so the table is assembled as with one job.
 fn prepare_in_parallel(a: &AnalysisArgs, only: &[String]) -> Result<()> {
     let rows: Vec<&str> = TABLE1
         .iter()
-        .rev()
         .map(|r| r.1)
         .filter(|c| only.is_empty() || only.iter().any(|o| o == c))
         .collect();
-    let jobs = usize::try_from(a.jobs)
-        .unwrap_or(usize::MAX)
-        .min(rows.len());
-    if jobs <= 1 {
+    let jobs = usize::try_from(a.jobs).unwrap_or(usize::MAX);
+    if jobs <= 1 || rows.is_empty() {
         return Ok(());
     }
+    let jobs = jobs.min(rows.len() * Stage::ALL.len());
     let threads = (candle_core::utils::get_num_threads() / jobs).max(1);
     let exe = std::env::current_exe().context("table1 --jobs: locating this executable")?;
     eprintln!(
-        "table1: {} rows in {jobs} processes of {threads} thread(s) each (--jobs {})",
+        "table1: {} rows in stages, up to {jobs} processes of {threads} thread(s) at once (--jobs {})",
         rows.len(),
         a.jobs
     );
-    let queue = Mutex::new(rows.into_iter());
-    let failed = Mutex::new(Vec::new());
+    let plan = StagePlan::new(&rows);
+    let state = Mutex::new(plan.clone());
+    let changed = std::sync::Condvar::new();
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| loop {
-                if !lock(&failed).is_empty() {
-                    break; // after a failure, start no new row; the running ones finish
-                }
-                let Some(config) = lock(&queue).next() else {
+                let task = {
+                    let mut st = lock(&state);
+                    loop {
+                        if let Some(t) = st.start_next() {
+                            break Some(t);
+                        }
+                        if st.running == 0 || !st.failed.is_empty() {
+                            break None;
+                        }
+                        st = changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                };
+                let Some(t) = task else {
+                    changed.notify_all();
                     break;
                 };
-                if let Err(e) = prepare_in_child(&exe, a, config, threads) {
-                    lock(&failed).push(format!("{config}: {e:#}"));
-                }
+                let (config, stage) = plan.tasks[t];
+                let result = prepare_in_child(&exe, a, config, stage, threads);
+                lock(&state).finish(
+                    t,
+                    result.map_err(|e| format!("{config} {}: {e:#}", stage.name())),
+                );
+                changed.notify_all();
             });
         }
     });
-    let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
-    if !failed.is_empty() {
+    let st = state.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !st.failed.is_empty() {
         bail!(
             "table1 --jobs: {} (run the same command again: finished work is reused)",
-            failed.join("; ")
+            st.failed.join("; ")
         );
     }
     Ok(())
+}
+
+/// What `--jobs` has to run and how far it got: every (row, stage), and per task whether it is waiting,
+/// running or done.
+#[derive(Debug, Clone)]
+struct StagePlan<'a> {
+    tasks: Vec<(&'a str, Stage)>,
+    state: Vec<TaskState>,
+    running: usize,
+    failed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskState {
+    Waiting,
+    Running,
+    Done,
+}
+
+impl<'a> StagePlan<'a> {
+    /// Every stage of every row, in the order they are preferred: stage by stage (all trainings
+    /// first), rows in table order within a stage.
+    fn new(rows: &[&'a str]) -> Self {
+        let tasks: Vec<(&str, Stage)> = Stage::ALL
+            .iter()
+            .flat_map(|&s| rows.iter().map(move |&r| (r, s)))
+            .collect();
+        let state = vec![TaskState::Waiting; tasks.len()];
+        StagePlan {
+            tasks,
+            state,
+            running: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Marks the first waiting task whose needs are done as running and returns it; none after a
+    /// failure (the running ones finish, no new one starts).
+    fn start_next(&mut self) -> Option<usize> {
+        if !self.failed.is_empty() {
+            return None;
+        }
+        let done = |row: &str, stage: Stage| {
+            self.tasks
+                .iter()
+                .zip(&self.state)
+                .any(|(&(r, s), &st)| r == row && s == stage && st == TaskState::Done)
+        };
+        let next = (0..self.tasks.len()).find(|&i| {
+            let (row, stage) = self.tasks[i];
+            self.state[i] == TaskState::Waiting && stage.needs().iter().all(|&n| done(row, n))
+        })?;
+        self.state[next] = TaskState::Running;
+        self.running += 1;
+        Some(next)
+    }
+
+    /// Records the end of a running task.
+    fn finish(&mut self, task: usize, result: std::result::Result<(), String>) {
+        self.running -= 1;
+        match result {
+            Ok(()) => self.state[task] = TaskState::Done,
+            Err(e) => self.failed.push(e),
+        }
+    }
 }
 
 /// The data behind `m`, also after another thread panicked holding it (the data stay consistent here).
@@ -196,13 +318,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One row of `--jobs` in a child process; returns when it exits, an error unless it succeeded.
-fn prepare_in_child(exe: &Path, a: &AnalysisArgs, config: &str, threads: usize) -> Result<()> {
+/// One stage of one row of `--jobs` in a child process; returns when it exits, an error unless it
+/// succeeded.
+fn prepare_in_child(
+    exe: &Path,
+    a: &AnalysisArgs,
+    config: &str,
+    stage: Stage,
+    threads: usize,
+) -> Result<()> {
     let started = Instant::now();
     let mut child = Command::new(exe)
         .arg("table1")
         .args(child_flags(a))
         .args(["--only", config, "--prepare-only", "--jobs", "1"])
+        .args(["--stage", stage.name()])
         .env("RAYON_NUM_THREADS", threads.to_string())
         // The global flags, which child_flags does not carry: same device, same numerics.
         .env("LMT_DEVICE", crate::device::spec())
@@ -212,33 +342,34 @@ fn prepare_in_child(exe: &Path, a: &AnalysisArgs, config: &str, threads: usize) 
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
-    eprintln!("table1: [{config}] started");
+    let tag = format!("{config} {}", stage.name());
+    eprintln!("table1: [{tag}] started");
     let (out, err) = (child.stdout.take(), child.stderr.take());
     std::thread::scope(|s| {
         s.spawn(|| {
             if let Some(o) = out {
-                forward_lines(o, config);
+                forward_lines(o, &tag);
             }
         });
         if let Some(e) = err {
-            forward_lines(e, config);
+            forward_lines(e, &tag);
         }
     });
     let status = child.wait().context("waiting for the child process")?;
     if !status.success() {
-        bail!("its process failed ({status}; its output is above, prefixed [{config}])");
+        bail!("its process failed ({status}; its output is above, prefixed [{tag}])");
     }
     eprintln!(
-        "table1: [{config}] done in {:.1} min",
+        "table1: [{tag}] done in {:.1} min",
         started.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
 }
 
-/// Copies a child's output to our stderr line by line, each prefixed with the row's config name.
-fn forward_lines(r: impl Read, config: &str) {
+/// Copies a child's output to our stderr line by line, each prefixed with its row and stage.
+fn forward_lines(r: impl Read, tag: &str) {
     for line in BufReader::new(r).lines().map_while(std::io::Result::ok) {
-        eprintln!("[{config}] {line}");
+        eprintln!("[{tag}] {line}");
     }
 }
 
@@ -387,15 +518,24 @@ pub fn table1_rows(args: &Table1Args) -> Result<()> {
         let data = load_data(&trained.config.dataset, &a.data)?;
         let points = budget.table1_points.min(data.test.len());
         let cw_points = budget.table1_cw_points.min(points);
+        let runs = |s: Stage| args.stage.is_none_or(|only| only == s);
         let derived = || -> Result<()> {
-            ensure_certified(&a, &ckpt, Some(points))?;
-            ensure_attacked(&a, &ckpt, "cw", cw_points, |x| {
-                x.cw_iterations = budget.cw_iterations;
-                x.cw_binary_steps = budget.cw_binary_steps;
-            })?;
-            ensure_attacked(&a, &ckpt, "deepfool_clip", points, |_| {})?;
-            for e in SIZES {
-                strongest_pgd(&a, &budget, &ckpt, points, e)?;
+            if runs(Stage::Train) {
+                ensure_certified(&a, &ckpt, Some(points))?;
+            }
+            if runs(Stage::Cw) {
+                ensure_attacked(&a, &ckpt, "cw", cw_points, |x| {
+                    x.cw_iterations = budget.cw_iterations;
+                    x.cw_binary_steps = budget.cw_binary_steps;
+                })?;
+            }
+            if runs(Stage::Deepfool) {
+                ensure_attacked(&a, &ckpt, "deepfool_clip", points, |_| {})?;
+            }
+            if runs(Stage::Pgd) {
+                for e in SIZES {
+                    strongest_pgd(&a, &budget, &ckpt, points, e)?;
+                }
             }
             Ok(())
         };
@@ -599,5 +739,61 @@ fn wrn_width(t: &crate::run::Resolved) -> usize {
     match t.model {
         lmt_train::ModelConfig::WideResnet { width, .. } => width,
         lmt_train::ModelConfig::KolterWong { .. } | lmt_train::ModelConfig::FourCThreeF { .. } => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Stage, StagePlan};
+
+    /// Two processes on two rows: both trainings first, then each row's C&W and DeepFool only after its
+    /// training, PGD only after both; nothing runs twice and everything runs.
+    #[test]
+    fn stages_start_when_their_needs_are_done() {
+        let mut p = StagePlan::new(&["a", "b"]);
+        fn name<'a>(p: &StagePlan<'a>, t: usize) -> (&'a str, Stage) {
+            p.tasks[t]
+        }
+        let (t1, t2) = (p.start_next().unwrap(), p.start_next().unwrap());
+        assert_eq!(
+            (name(&p, t1), name(&p, t2)),
+            (("a", Stage::Train), ("b", Stage::Train))
+        );
+        assert_eq!(p.start_next(), None, "nothing else is ready");
+        p.finish(t2, Ok(()));
+        let t = p.start_next().unwrap();
+        assert_eq!(name(&p, t), ("b", Stage::Cw));
+        p.finish(t1, Ok(()));
+        let u = p.start_next().unwrap();
+        assert_eq!(name(&p, u), ("a", Stage::Cw));
+        p.finish(t, Ok(()));
+        p.finish(u, Ok(()));
+        let (d1, d2) = (p.start_next().unwrap(), p.start_next().unwrap());
+        assert_eq!(
+            (name(&p, d1), name(&p, d2)),
+            (("a", Stage::Deepfool), ("b", Stage::Deepfool))
+        );
+        assert_eq!(p.start_next(), None, "PGD waits for DeepFool");
+        p.finish(d2, Ok(()));
+        let g = p.start_next().unwrap();
+        assert_eq!(name(&p, g), ("b", Stage::Pgd));
+        p.finish(d1, Ok(()));
+        p.finish(g, Ok(()));
+        let h = p.start_next().unwrap();
+        assert_eq!(name(&p, h), ("a", Stage::Pgd));
+        p.finish(h, Ok(()));
+        assert_eq!((p.start_next(), p.running), (None, 0));
+    }
+
+    /// After a failure no new stage starts; the stages of the other rows that were running finish.
+    #[test]
+    fn a_failure_starts_nothing_new() {
+        let mut p = StagePlan::new(&["a", "b"]);
+        let (t1, t2) = (p.start_next().unwrap(), p.start_next().unwrap());
+        p.finish(t1, Err("a train: broke".into()));
+        assert_eq!(p.start_next(), None);
+        p.finish(t2, Ok(()));
+        assert_eq!((p.start_next(), p.running), (None, 0));
+        assert_eq!(p.failed, vec!["a train: broke".to_string()]);
     }
 }

@@ -84,6 +84,9 @@ pub fn carlini_wagner(
         )));
     }
     let Batch { b, k, n, xs, done } = check_batch(f, x, labels)?;
+    if !cfg.batch_mean && done.iter().any(|&d| d) {
+        return attack_the_rest(f, x, labels, cfg, &done, &xs);
+    }
     let dev = x.device();
     let shape = x.dims().to_vec();
     let onehot = one_hot(labels, k, dev)?;
@@ -194,6 +197,50 @@ pub fn carlini_wagner(
         .collect();
     Ok(AttackOutcome {
         images: Tensor::from_vec(best_img, shape.as_slice(), dev)?.to_dtype(x.dtype())?,
+        per_input,
+    })
+}
+
+/// C&W on the inputs of a batch that are not misclassified already (`done`), the others returned as
+/// they are at distance 0. Under the batch-sum objective an input's iterates do not depend on the other
+/// inputs of its batch, so leaving the misclassified ones out changes no result; it saves their forward
+/// and backward passes (a tenth to a quarter of the batch for models of 75-90% accuracy).
+fn attack_the_rest(
+    f: &dyn LogitsFn,
+    x: &Tensor,
+    labels: &[usize],
+    cfg: &CwConfig,
+    done: &[bool],
+    xs: &[f32],
+) -> Result<AttackOutcome> {
+    let b = done.len();
+    let n = xs.len() / b;
+    let shape = x.dims().to_vec();
+    let at_zero = Adversarial {
+        success: true,
+        distance: Some(0.0),
+        iterations: 0,
+    };
+    let rest: Vec<usize> = (0..b).filter(|&i| !done[i]).collect();
+    let mut per_input = vec![at_zero; b];
+    let mut images = xs.to_vec();
+    if !rest.is_empty() {
+        let idx: Vec<u32> = rest.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::from_vec(idx, rest.len(), x.device())?;
+        let sub_labels: Vec<usize> = rest.iter().map(|&i| labels[i]).collect();
+        let out = carlini_wagner(f, &x.index_select(&idx, 0)?, &sub_labels, cfg)?;
+        let sub: Vec<f32> = out
+            .images
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        for (j, (&i, a)) in rest.iter().zip(out.per_input).enumerate() {
+            per_input[i] = a;
+            images[i * n..(i + 1) * n].copy_from_slice(&sub[j * n..(j + 1) * n]);
+        }
+    }
+    Ok(AttackOutcome {
+        images: Tensor::from_vec(images, shape.as_slice(), x.device())?.to_dtype(x.dtype())?,
         per_input,
     })
 }

@@ -77,6 +77,10 @@ fn cases(seed: u64, count: usize, shift: f32) -> Vec<(Linear, Vec<f32>, usize, f
     out
 }
 
+fn image_batch(xs: &[f32], b: usize) -> Tensor {
+    Tensor::from_vec(xs.to_vec(), (b, 1, 4, 4), &Device::Cpu).unwrap()
+}
+
 fn image(x: &[f32]) -> Tensor {
     Tensor::from_vec(x.to_vec(), (1, 1, 4, 4), &Device::Cpu).unwrap()
 }
@@ -265,6 +269,57 @@ fn a_batch_gives_each_input_the_result_it_gets_alone() {
                 "{alone:?} vs {batched:?}"
             );
         }
+    }
+}
+
+/// C&W leaves the inputs that are misclassified already out of its optimisation: the others get
+/// exactly the bits they get in a batch without them, each in its own place, and the misclassified
+/// ones come back as they are at distance 0.
+#[test]
+fn misclassified_inputs_change_nothing_for_the_rest_of_a_cw_batch() {
+    let cs = cases(8, 5, 0.0);
+    let lin = &cs[0].0;
+    let f = |x: &Tensor| lin.logits(x);
+    let top = |x: &[f32]| {
+        let z = lin.z(x);
+        (0..K).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap()
+    };
+    let xs: Vec<f32> = cs.iter().flat_map(|c| c.1.clone()).collect();
+    // Inputs 1 and 3 carry a wrong label: misclassified from the start.
+    let labels: Vec<usize> = (0..5)
+        .map(|i| {
+            let t = top(&cs[i].1);
+            if i % 2 == 1 {
+                (t + 1) % K
+            } else {
+                t
+            }
+        })
+        .collect();
+    let cw = CwConfig {
+        iterations: 50,
+        binary_steps: 6,
+        ..CwConfig::default()
+    };
+    let all = carlini_wagner(&f, &image_batch(&xs, 5), &labels, &cw).unwrap();
+    let kept = [0, 2, 4];
+    let kept_xs: Vec<f32> = kept.iter().flat_map(|&i| cs[i].1.clone()).collect();
+    let kept_labels: Vec<usize> = kept.iter().map(|&i| labels[i]).collect();
+    let rest = carlini_wagner(&f, &image_batch(&kept_xs, 3), &kept_labels, &cw).unwrap();
+    let images: Vec<f32> = all.images.flatten_all().unwrap().to_vec1().unwrap();
+    let rest_images: Vec<f32> = rest.images.flatten_all().unwrap().to_vec1().unwrap();
+    for (j, &i) in kept.iter().enumerate() {
+        assert_eq!(all.per_input[i], rest.per_input[j]);
+        assert_eq!(images[i * N..(i + 1) * N], rest_images[j * N..(j + 1) * N]);
+    }
+    assert!(
+        rest.per_input.iter().any(|a| a.success),
+        "the attack did something"
+    );
+    for i in [1, 3] {
+        let a = all.per_input[i];
+        assert_eq!((a.success, a.distance, a.iterations), (true, Some(0.0), 0));
+        assert_eq!(images[i * N..(i + 1) * N], xs[i * N..(i + 1) * N]);
     }
 }
 
