@@ -10,7 +10,7 @@ export RAYON_NUM_THREADS ?= 2
 # them): the same numbers, and on 2 cores faster than one process (README, "Table 1 on a laptop").
 JOBS ?= 2
 
-.PHONY: all data test fmt-check clippy unit reproduce modern bench bench-compare gpu gpu-check gpu-pack doc clean
+.PHONY: all data test fmt-check clippy unit cli reproduce modern bench bench-compare gpu gpu-check gpu-pack doc clean
 
 all: test
 
@@ -18,8 +18,9 @@ all: test
 data:
 	scripts/fetch-data.sh
 
-## Format check, clippy with warnings as errors, then every test. Fetches data first.
-test: data fmt-check clippy unit
+## Format check, clippy with warnings as errors, every test, and the README's `cargo run` form. Fetches
+## data first.
+test: data fmt-check clippy unit cli
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -29,6 +30,10 @@ clippy:
 
 unit:
 	$(CARGO) test --workspace
+
+# The invocation the README and `make reproduce` use (it needs the package's default-run binary).
+cli:
+	$(CARGO) run -q -p experiments -- --version
 
 EXP = $(CARGO) run --release -q -p experiments --
 
