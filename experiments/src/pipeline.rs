@@ -26,11 +26,11 @@ pub struct AnalysisArgs {
     /// Restrict fig4 to some MNIST models (comma-separated: naive, AT, LMT; default all three).
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// table1: train, certify and attack up to N rows at once, each in its own process with 1/N of the
+    /// table1: train, certify and attack the rows in up to N processes at once, each with 1/N of the
     /// threads. The numbers are those of --jobs 1 (results do not depend on the thread count); on 2
     /// cores 2 jobs are faster, since one process leaves a core idle in its serial phases. Peak memory
-    /// grows about N-fold.
-    #[arg(long, default_value_t = 1, env = "LMT_JOBS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// grows about N-fold (--jobs 1: one process, for machines short of memory).
+    #[arg(long, default_value_t = 2, env = "LMT_JOBS", value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: u64,
     #[command(flatten)]
     pub data: DataArgs,

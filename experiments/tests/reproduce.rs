@@ -311,7 +311,8 @@ fn run_data(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// The path a user with the official SVHN files takes: `table1 --svhn-dir` on SVHN-format MAT files
 /// (`scripts/make-svhn-fixtures.py` wrote them), with and without `--svhn-extra`, writes `table1.csv`;
-/// with `--jobs 2` (rows in two processes of one thread) every file holds the same bytes.
+/// with `--jobs 2` (rows in stages, two processes of one thread at once) every file holds the same
+/// bytes.
 #[test]
 fn smoke_table1_on_svhn_format_files() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -368,10 +369,12 @@ fn smoke_table1_on_svhn_format_files() {
             .collect();
         if jobs == "2" {
             assert!(
-                err.contains("5 rows in 2 processes of 1 thread(s) each"),
+                err.contains("5 rows in stages, up to 2 processes of 1 thread(s) at once"),
                 "{err}"
             );
-            assert!(err.contains("[svhn_parseval] "), "{err}");
+            for stage in ["train", "cw", "deepfool", "pgd"] {
+                assert!(err.contains(&format!("[svhn_parseval {stage}] ")), "{err}");
+            }
             assert!(
                 data == *one_job.as_ref().unwrap(),
                 "--jobs 2 changed some file"
