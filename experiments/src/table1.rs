@@ -206,8 +206,7 @@ fn prepare_in_parallel(a: &AnalysisArgs, only: &[String]) -> Result<()> {
         rows.len(),
         a.jobs
     );
-    let plan = StagePlan::new(&rows);
-    let state = Mutex::new(plan.clone());
+    let state = Mutex::new(StagePlan::new(&rows));
     let changed = std::sync::Condvar::new();
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -216,7 +215,7 @@ fn prepare_in_parallel(a: &AnalysisArgs, only: &[String]) -> Result<()> {
                     let mut st = lock(&state);
                     loop {
                         if let Some(t) = st.start_next() {
-                            break Some(t);
+                            break Some((t, st.tasks[t]));
                         }
                         if st.running == 0 || !st.failed.is_empty() {
                             break None;
@@ -224,11 +223,10 @@ fn prepare_in_parallel(a: &AnalysisArgs, only: &[String]) -> Result<()> {
                         st = changed.wait(st).unwrap_or_else(|e| e.into_inner());
                     }
                 };
-                let Some(t) = task else {
+                let Some((t, (config, stage))) = task else {
                     changed.notify_all();
                     break;
                 };
-                let (config, stage) = plan.tasks[t];
                 let result = prepare_in_child(&exe, a, config, stage, threads);
                 lock(&state).finish(
                     t,
@@ -250,7 +248,7 @@ fn prepare_in_parallel(a: &AnalysisArgs, only: &[String]) -> Result<()> {
 
 /// What `--jobs` has to run and how far it got: every (row, stage), and per task whether it is waiting,
 /// running or done.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct StagePlan<'a> {
     tasks: Vec<(&'a str, Stage)>,
     state: Vec<TaskState>,
@@ -751,36 +749,31 @@ mod tests {
     #[test]
     fn stages_start_when_their_needs_are_done() {
         let mut p = StagePlan::new(&["a", "b"]);
-        fn name<'a>(p: &StagePlan<'a>, t: usize) -> (&'a str, Stage) {
-            p.tasks[t]
+        /// Starts the next two tasks and checks they are `stage` of rows a and b.
+        fn two(p: &mut StagePlan, stage: Stage) -> (usize, usize) {
+            let (t1, t2) = (p.start_next().unwrap(), p.start_next().unwrap());
+            assert_eq!((p.tasks[t1], p.tasks[t2]), (("a", stage), ("b", stage)));
+            (t1, t2)
         }
-        let (t1, t2) = (p.start_next().unwrap(), p.start_next().unwrap());
-        assert_eq!(
-            (name(&p, t1), name(&p, t2)),
-            (("a", Stage::Train), ("b", Stage::Train))
-        );
+        let (t1, t2) = two(&mut p, Stage::Train);
         assert_eq!(p.start_next(), None, "nothing else is ready");
         p.finish(t2, Ok(()));
         let t = p.start_next().unwrap();
-        assert_eq!(name(&p, t), ("b", Stage::Cw));
+        assert_eq!(p.tasks[t], ("b", Stage::Cw));
         p.finish(t1, Ok(()));
         let u = p.start_next().unwrap();
-        assert_eq!(name(&p, u), ("a", Stage::Cw));
+        assert_eq!(p.tasks[u], ("a", Stage::Cw));
         p.finish(t, Ok(()));
         p.finish(u, Ok(()));
-        let (d1, d2) = (p.start_next().unwrap(), p.start_next().unwrap());
-        assert_eq!(
-            (name(&p, d1), name(&p, d2)),
-            (("a", Stage::Deepfool), ("b", Stage::Deepfool))
-        );
+        let (d1, d2) = two(&mut p, Stage::Deepfool);
         assert_eq!(p.start_next(), None, "PGD waits for DeepFool");
         p.finish(d2, Ok(()));
         let g = p.start_next().unwrap();
-        assert_eq!(name(&p, g), ("b", Stage::Pgd));
+        assert_eq!(p.tasks[g], ("b", Stage::Pgd));
         p.finish(d1, Ok(()));
         p.finish(g, Ok(()));
         let h = p.start_next().unwrap();
-        assert_eq!(name(&p, h), ("a", Stage::Pgd));
+        assert_eq!(p.tasks[h], ("a", Stage::Pgd));
         p.finish(h, Ok(()));
         assert_eq!((p.start_next(), p.running), (None, 0));
     }
