@@ -346,3 +346,112 @@ fn gloro_loss_gradient_matches_finite_differences() {
     );
     assert!(ge > 0.0, "a larger required radius costs loss");
 }
+
+/// The fused norm rounds exactly as candle's `sqr().sum_all().sqrt()` chain: the same value and the same
+/// gradient bits, in f32 and f64, for lengths that do and do not fill the reduction kernel's vector lanes,
+/// for a transposed (non-contiguous) input, and through a convolution (the estimate's use).
+#[test]
+fn fused_l2_norm_is_bit_identical_to_the_op_chain() {
+    let chain = |v: &Tensor| v.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+    for dtype in [DType::F32, DType::F64] {
+        for n in [1, 7, 8, 31, 32, 33, 1000, 3136] {
+            let vals: Vec<f32> = kernel_values(n as u64, n).iter().map(|v| v * 3.7).collect();
+            let x = Var::from_tensor(
+                &Tensor::from_vec(vals, n, &DEV)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            // A gradient that is not 1, so the quotient g / norm is a real rounding.
+            let fused = (l2_norm(x.as_tensor()).unwrap() * 0.3).unwrap();
+            let plain = (chain(x.as_tensor()) * 0.3).unwrap();
+            let (f, p) = (
+                fused
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap(),
+                plain
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap(),
+            );
+            assert_eq!(f.to_bits(), p.to_bits(), "{dtype:?} n={n}: {f} vs {p}");
+            let gf = fused.backward().unwrap();
+            let gp = plain.backward().unwrap();
+            let bits = |g: &candle_core::backprop::GradStore| -> Vec<u64> {
+                g.get(x.as_tensor())
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(&gf), bits(&gp), "{dtype:?} n={n}: gradients differ");
+        }
+    }
+    // Non-contiguous input, and a convolution below the norm: gradients of kernel and vector alike.
+    let kv = kernel_values(5, 3 * 2 * 4 * 4);
+    let kernel = Var::from_tensor(&Tensor::from_vec(kv, (3, 2, 4, 4), &DEV).unwrap()).unwrap();
+    let u = PowerVectors::new(3).get("c", (1, 2, 9, 9), &DEV).unwrap();
+    let run = |norm: &dyn Fn(&Tensor) -> Tensor| {
+        let v = u
+            .as_tensor()
+            .conv2d(kernel.as_tensor(), 1, 2, 1, 1)
+            .unwrap();
+        let s = (norm(&v.transpose(2, 3).unwrap()) * 1.7).unwrap();
+        let g = s.backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (
+            s.to_scalar::<f32>().unwrap().to_bits(),
+            flat(g.get(kernel.as_tensor()).unwrap()),
+            flat(g.get(u.as_tensor()).unwrap()),
+        )
+    };
+    let (fs, fk, fu) = run(&|v| l2_norm(v).unwrap());
+    let (ps, pk, pu) = run(&|v| chain(v));
+    assert_eq!(fs, ps);
+    let b = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(b(&fk), b(&pk), "kernel gradients differ");
+    assert_eq!(b(&fu), b(&pu), "vector gradients differ");
+}
+
+/// The power-iteration refresh normalises each gradient exactly as `g / sqrt(sum(g^2))` with candle's
+/// ops (the fused sum of squares changes no bit of the next vector).
+#[test]
+fn refresh_normalises_the_gradient_bit_for_bit() {
+    let kv = kernel_values(9, 4 * 3 * 3 * 3);
+    let kernel = Tensor::from_vec(kv, (4, 3, 3, 3), &DEV).unwrap();
+    let pv = PowerVectors::new(11);
+    let u = pv.get("c", (1, 3, 10, 10), &DEV).unwrap();
+    let sigma = conv_sigma(&kernel, u.as_tensor());
+    let grads = (sigma * 0.7).unwrap().backward().unwrap();
+    let g = grads.get(u.as_tensor()).unwrap().clone();
+    let norm = g
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt();
+    let expected = g.affine(1.0 / norm, 0.0).unwrap();
+    assert_eq!(pv.refresh(&grads).unwrap(), 0);
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(u.as_tensor()), bits(&expected));
+}
