@@ -14,8 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::cpu::kernels::VecOps;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, WithDType};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::Result;
@@ -67,92 +66,8 @@ impl LipEstimate {
 }
 
 /// ‖v‖_2 over all elements of `v`, as a scalar tensor (differentiable).
-///
-/// On the CPU in f32 or f64 this is one fused op (forward and backward) instead of candle's `sqr`,
-/// `sum_all`, `sqrt` and their backward nodes, a dozen small ops per layer of the train-time estimate.
-/// It rounds exactly as that chain does (the same squares, candle's own reduction kernel, the same
-/// quotient in the gradient), so results do not change; elsewhere the chain itself is used.
 pub fn l2_norm(v: &Tensor) -> Result<Tensor> {
-    if v.device().is_cpu() && matches!(v.dtype(), DType::F32 | DType::F64) {
-        return Ok(v.contiguous()?.apply_op1(L2Norm)?);
-    }
     Ok(v.sqr()?.sum_all()?.sqrt()?)
-}
-
-/// The fused [`l2_norm`] on the CPU.
-struct L2Norm;
-
-/// `sum(x_i^2)` of a tensor as f64, summed as `sqr().sum_all()` sums it (in the tensor's dtype); one op
-/// on the CPU in f32 or f64.
-pub(crate) fn sum_of_squares(x: &Tensor) -> Result<f64> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        let s = x.contiguous()?.apply_op1_no_bwd(&SumOfSquares)?;
-        return Ok(match s.dtype() {
-            DType::F32 => s.to_scalar::<f32>()? as f64,
-            _ => s.to_scalar::<f64>()?,
-        });
-    }
-    Ok(x.sqr()?
-        .sum_all()?
-        .to_dtype(DType::F64)?
-        .to_scalar::<f64>()?)
-}
-
-/// The sum of squares of [`sum_of_squares`] as an op (no gradient).
-struct SumOfSquares;
-
-impl CustomOp1 for SumOfSquares {
-    fn name(&self) -> &'static str {
-        "lmt-sum-of-squares"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(vec![norm_of(x, l, |v| v)?]),
-            CpuStorage::F64(x) => CpuStorage::F64(vec![norm_of(x, l, |v| v)?]),
-            _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
-        };
-        Ok((out, Shape::from(())))
-    }
-}
-
-/// `finish(sum(x_i^2))` of a contiguous `x`, with the squares summed by candle's reduction kernel, as
-/// `sqr().sum_all()` computes it (`finish`: the square root for the norm).
-fn norm_of<T: WithDType + VecOps>(
-    x: &[T],
-    l: &Layout,
-    finish: fn(T) -> T,
-) -> candle_core::Result<T> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("lmt-l2-norm: a contiguous input only");
-    };
-    let squares: Vec<T> = x[a..b].iter().map(|&v| v * v).collect();
-    let mut sum = T::zero();
-    // SAFETY: `squares` holds `squares.len()` values and `sum` is a valid element.
-    unsafe { T::vec_reduce_sum(squares.as_ptr(), &mut sum, squares.len()) };
-    Ok(finish(sum))
-}
-
-impl CustomOp1 for L2Norm {
-    fn name(&self) -> &'static str {
-        "lmt-l2-norm"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(vec![norm_of(x, l, f32::sqrt)?]),
-            CpuStorage::F64(x) => CpuStorage::F64(vec![norm_of(x, l, f64::sqrt)?]),
-            _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
-        };
-        Ok((out, Shape::from(())))
-    }
-
-    /// `d‖v‖/dv = v / ‖v‖`, rounded as candle's chain rounds it: `(g / ‖v‖) * 0.5` for the square root,
-    /// broadcast by the sum, times `2 v` for the square; the factors 0.5 and 2 are exact, so each entry
-    /// is `v_i * (g / ‖v‖)` rounded once.
-    fn bwd(&self, v: &Tensor, norm: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(v.broadcast_mul(&grad.div(norm)?)?))
-    }
 }
 
 /// The persistent power-iteration vectors of a model, by layer name. Kept apart from the model's
@@ -209,7 +124,12 @@ impl PowerVectors {
                 kept += 1;
                 continue;
             };
-            let norm = sum_of_squares(g)?.sqrt();
+            let norm = g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?
+                .sqrt();
             if norm.is_finite() && norm > 0.0 {
                 var.set(&g.affine(1.0 / norm, 0.0)?)?;
             } else {
