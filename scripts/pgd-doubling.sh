@@ -29,7 +29,7 @@ for r in $runs; do
 done
 PYTHONPATH=scripts python3 - "$out" "$points" "$(( $(date +%s) - start ))" "$runs" "$sizes" \
   "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates experiments || echo -dirty)" <<'PY'
-import csv, glob, json, math, os, sys
+import csv, glob, json, math, sys
 from checks import write_csv, write_index, write_manifest
 out, points, wall, runs, sizes, rev = sys.argv[1:]
 points, runs, sizes = int(points), runs.split(), [float(s) for s in sizes.split()]
