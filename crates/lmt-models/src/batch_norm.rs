@@ -6,7 +6,7 @@
 use candle_core::{Tensor, Var};
 use lmt_core::{norms, CertifiedBound};
 
-use crate::channel::{add_channel_bias, channel_sum, mul_channel};
+use crate::channel::{add_channel_bias, channel_affine, channel_sum, channel_sum_sq, mul_channel};
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::{error::config, tensor_f64, Result};
 
@@ -124,7 +124,7 @@ impl BatchNorm2d {
             let m = (b * h * w) as f64;
             let mean = (channel_sum(x)? / m)?;
             let xc = add_channel_bias(x, &mean.neg()?)?;
-            let var = (channel_sum(&xc.sqr()?)? / m)?;
+            let var = (channel_sum_sq(&xc)? / m)?;
             let unbiased = m / (m - 1.0).max(1.0);
             let d = ctx.bn_decay.unwrap_or(self.momentum);
             self.running_mean
@@ -136,8 +136,14 @@ impl BatchNorm2d {
         } else {
             // The running statistics are state, never differentiated: detached, so an inference pass
             // records no graph (tracked, they kept every activation of a WRN batch alive: 1.3 GB).
-            let xc = add_channel_bias(x, &self.running_mean.as_tensor().detach().neg()?)?;
-            (xc, self.running_var.as_tensor().detach())
+            let shift = self.running_mean.as_tensor().detach().neg()?;
+            let var = self.running_var.as_tensor().detach();
+            let scale = ctx.param(&self.gamma).div(&(&var + self.eps)?.sqrt()?)?;
+            // With frozen parameters the whole map is one per-channel affine pass.
+            if let Some(y) = channel_affine(x, &shift, &scale, &ctx.param(&self.beta))? {
+                return Ok((y, scale));
+            }
+            (add_channel_bias(x, &shift)?, var)
         };
         let scale = ctx.param(&self.gamma).div(&(var + self.eps)?.sqrt()?)?;
         let y = add_channel_bias(&mul_channel(&xc, &scale)?, &ctx.param(&self.beta))?;

@@ -23,6 +23,24 @@ struct ChannelSum;
 /// `(a, b) -> (C)`, the per-channel sum of `a * b` (the scale gradient of [`MulChannel`]).
 struct ChannelDot;
 
+/// `x -> (C)`, the per-channel sum of the f32 squares `x * x`: the values of `channel_sum(x.sqr())`
+/// without the squares as a tensor, and a backward pass that is candle's `sqr` gradient of the
+/// broadcast sum gradient, `(x * g_c) * 2 + 0`, in one pass.
+struct ChannelSumSq;
+
+/// `(x, g) -> (x * (0 + g_c)) * 2 + 0` per channel: [`ChannelSumSq`]'s input gradient, as candle's
+/// backward pass computes it for `sqr` after materialising the broadcast gradient into zeros.
+struct SumSqGrad;
+
+/// `x -> ((x + shift_c) * scale_c) + bias_c` per channel, each step rounded to f32 as the chain of
+/// [`add_channel_bias`], [`mul_channel`], [`add_channel_bias`] rounds it (batch normalisation at
+/// inference), with the input gradient `g * scale_c` only: for constant shift, scale and bias.
+struct ChannelAffine {
+    shift: Vec<f32>,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+}
+
 /// `(channels, row length)` of an `(N, C, ...)` shape.
 fn channel_rows(shape: &Shape) -> Result<(usize, usize)> {
     let dims = shape.dims();
@@ -162,6 +180,75 @@ impl CustomOp1 for ChannelSum {
     }
 }
 
+impl CustomOp1 for ChannelSumSq {
+    fn name(&self) -> &'static str {
+        "lmt-channel-sum-sq"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        channel_reduce(l.shape(), x.len(), |i| (x[i] * x[i]) as f64)
+    }
+
+    fn bwd(&self, x: &Tensor, _sum: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&g, &SumSqGrad)?))
+    }
+}
+
+impl CustomOp2 for SumSqGrad {
+    fn name(&self) -> &'static str {
+        "lmt-channel-sum-sq-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        per_channel(self.name(), (s1, l1), (s2, l2), |u, g| {
+            (u * (0.0 + g)) * 2.0 + 0.0
+        })
+    }
+}
+
+impl CustomOp1 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "lmt-channel-affine"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let (c, row) = channel_rows(l.shape())?;
+        if [&self.shift, &self.scale, &self.bias]
+            .iter()
+            .any(|v| v.len() != c)
+        {
+            candle_core::bail!("{}: per-channel vectors for {c} channels", self.name())
+        }
+        let mut out = vec![0f32; x.len()];
+        let image = c * row;
+        for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+            let xi = &x[i * image..(i + 1) * image];
+            let rows = o.chunks_mut(row.max(1)).zip(xi.chunks(row.max(1)));
+            for (ch, (or, xr)) in rows.enumerate() {
+                let (a, s, b) = (self.shift[ch], self.scale[ch], self.bias[ch]);
+                or.iter_mut()
+                    .zip(xr)
+                    .for_each(|(d, &u)| *d = ((u + a) * s) + b);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let s = Tensor::from_slice(&self.scale, self.scale.len(), grad.device())?;
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(&s, &MulChannel)?))
+    }
+}
+
 impl CustomOp2 for ChannelDot {
     fn name(&self) -> &'static str {
         "lmt-channel-dot"
@@ -217,6 +304,38 @@ pub fn mul_channel(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&s.contiguous()?, MulChannel)
 }
 
+/// The per-channel sum of the squares of `x` (N, C, ...), shape (C): the values and gradient of
+/// `channel_sum(&x.sqr()?)` in fewer passes (see [`ChannelSumSq`]).
+pub(crate) fn channel_sum_sq(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        return channel_sum(&x.sqr()?);
+    }
+    x.contiguous()?.apply_op1(ChannelSumSq)
+}
+
+/// `((x + shift) * scale) + bias` per channel of `x` (N, C, ...) for constant (untracked) vectors of
+/// length C: the values of `add_channel_bias(&mul_channel(&add_channel_bias(x, shift)?, scale)?, bias)`
+/// bit for bit, and its input gradient, in one pass each way; `None` when a vector is tracked (then
+/// the chain is needed for its gradient) or the tensors are not f32 on the CPU.
+pub(crate) fn channel_affine(
+    x: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+) -> Result<Option<Tensor>> {
+    let vectors = [shift, scale, bias];
+    if vectors.iter().any(|v| v.track_op() || !native(x, v)) {
+        return Ok(None);
+    }
+    let [shift, scale, bias] = vectors.map(|v| v.flatten_all()?.to_vec1::<f32>());
+    let op = ChannelAffine {
+        shift: shift?,
+        scale: scale?,
+        bias: bias?,
+    };
+    Ok(Some(x.contiguous()?.apply_op1(op)?))
+}
+
 /// The per-channel sum of `x` (N, C, ...) over every other dimension, shape (C).
 pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
@@ -225,4 +344,72 @@ pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
         return t.sum(1);
     }
     x.contiguous()?.apply_op1(ChannelSum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Random values with signed zeros and exact ties mixed in, (3, 4, 5, 6).
+    fn input() -> Tensor {
+        let n = 3 * 4 * 5 * 6;
+        let v: Vec<f32> = (0..n)
+            .map(|i| match i % 11 {
+                0 => 0.0,
+                1 => -0.0,
+                _ => ((i * 7919 % 1000) as f32 - 500.0) / 97.0,
+            })
+            .collect();
+        Tensor::from_vec(v, (3, 4, 5, 6), &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    /// The fused sum of squares gives `channel_sum(x.sqr())` and its input gradient bit for bit.
+    #[test]
+    fn sum_of_squares_equals_the_chain_bit_for_bit() {
+        let x = Var::from_tensor(&input()).unwrap();
+        let w = Tensor::new(&[0.3f32, -1.7, 0.0, 2.5], &Device::Cpu).unwrap();
+        let fused = channel_sum_sq(x.as_tensor()).unwrap();
+        let chain = channel_sum(&x.as_tensor().sqr().unwrap()).unwrap();
+        assert_eq!(bits(&fused), bits(&chain));
+        let grad = |s: &Tensor| {
+            let g = (s * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        assert_eq!(bits(&grad(&fused)), bits(&grad(&chain)));
+    }
+
+    /// The fused per-channel affine map gives the chain add, multiply, add and its input gradient bit for
+    /// bit, and declines tracked vectors.
+    #[test]
+    fn affine_equals_the_chain_bit_for_bit() {
+        let x = Var::from_tensor(&input()).unwrap();
+        let dev = Device::Cpu;
+        let shift = Tensor::new(&[-0.25f32, 1.5, -0.0, 3.0], &dev).unwrap();
+        let scale = Tensor::new(&[1.0f32 / 3.0, -2.0, 0.7, 1e-3], &dev).unwrap();
+        let bias = Tensor::new(&[0.1f32, 0.0, -4.0, 2.0], &dev).unwrap();
+        let fused = channel_affine(x.as_tensor(), &shift, &scale, &bias)
+            .unwrap()
+            .expect("constant vectors");
+        let chain = add_channel_bias(
+            &mul_channel(&add_channel_bias(x.as_tensor(), &shift).unwrap(), &scale).unwrap(),
+            &bias,
+        )
+        .unwrap();
+        assert_eq!(bits(&fused), bits(&chain));
+        let g = input().affine(0.5, -0.25).unwrap();
+        let grad = |y: &Tensor| {
+            let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            gs.get(x.as_tensor()).unwrap().clone()
+        };
+        assert_eq!(bits(&grad(&fused)), bits(&grad(&chain)));
+        let tracked = Var::from_tensor(&scale).unwrap();
+        let declined = channel_affine(x.as_tensor(), &shift, tracked.as_tensor(), &bias).unwrap();
+        assert!(declined.is_none());
+    }
 }

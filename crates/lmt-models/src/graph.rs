@@ -47,7 +47,7 @@ impl Act {
 
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Act::Relu => x.relu()?,
+            Act::Relu => crate::simple::relu(x)?,
             Act::LeakyRelu(a) => (x.relu()? - (x.neg()?.relu()? * a as f64)?)?,
             Act::Sigmoid => candle_nn::ops::sigmoid(x)?,
             Act::Tanh => x.tanh()?,

@@ -1,9 +1,10 @@
 //! Layers whose Lipschitz factor is 1: ReLU, MinMax, flatten, and dropout (whose train-time 1/(1-p) rescaling is
 //! deliberately not counted, as in the authors' code; at inference dropout is the identity).
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rand::Rng;
 
+use crate::cpu::{contiguous_f32, for_each_chunk, operands};
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::Act;
 use crate::{error::config, Result};
@@ -14,8 +15,100 @@ pub struct Relu;
 
 impl LipModule for Relu {
     fn forward_lip(&self, x: &Tensor, lip: Lip, _: &Ctx) -> Result<(Tensor, Lip)> {
-        Ok((x.relu()?, lip))
+        Ok((relu(x)?, lip))
     }
+}
+
+/// Elements per item of the parallel elementwise loops below (each item writes its own chunk).
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// `out[i] = f(i, a[i])` over all of `a`, in parallel chunks on the compute pool.
+fn map_indexed(a: &[f32], f: impl Fn(usize, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    for_each_chunk(
+        &mut out,
+        ELEMENTWISE_CHUNK,
+        0,
+        ELEMENTWISE_CHUNK,
+        |i, o, _| {
+            let start = i * ELEMENTWISE_CHUNK;
+            let src = &a[start..start + o.len()];
+            for (k, (d, &v)) in o.iter_mut().zip(src).enumerate() {
+                *d = f(start + k, v);
+            }
+        },
+    );
+    out
+}
+
+/// `out[i] = f(a[i], b[i])` over two operands of the same length, in parallel chunks.
+fn zip_map(
+    op: &str,
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> candle_core::Result<Vec<f32>> {
+    if a.len() != b.len() {
+        candle_core::bail!("{op}: operands of {} and {} values", a.len(), b.len())
+    }
+    Ok(map_indexed(a, |i, v| f(v, b[i])))
+}
+
+/// max(x, 0) on the CPU: the values of candle's `relu` (`x.max(0)`), and in the backward pass only the
+/// input gradient, `g * (x >= 0)`, in one pass, with the same values as candle's relu gradient (which
+/// allocates a zero tensor, compares, converts and multiplies: four passes over the activation).
+struct ReluOp;
+
+/// `(g, x) -> g * (x >= 0 ? 1 : 0)`: [`ReluOp`]'s input gradient.
+struct ReluGrad;
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "lmt-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let y = map_indexed(x, |_, v| v.max(0f32));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op2_no_bwd(x, &ReluGrad)?))
+    }
+}
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "lmt-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, x) = operands(self.name(), (s1, l1), (s2, l2))?;
+        let gx = zip_map(self.name(), g, x, |g, x| {
+            g * if x >= 0.0 { 1.0 } else { 0.0 }
+        })?;
+        Ok((CpuStorage::F32(gx), l1.shape().clone()))
+    }
+}
+
+/// Whether the CPU custom ops of this file apply (f32 on the CPU); otherwise candle's own ops are used.
+fn native(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// max(x, 0), elementwise: one fused op on the CPU (see [`ReluOp`]), candle's `relu` elsewhere.
+pub(crate) fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !native(x) {
+        return x.relu();
+    }
+    x.contiguous()?.apply_op1(ReluOp)
 }
 
 /// MinMax (GroupSort with groups of two; Anil et al. 2019, used by GloRo and BCOP): along axis 1
@@ -98,23 +191,160 @@ impl Dropout {
     }
 }
 
+impl Dropout {
+    /// The mask of a pass with dropout seed `seed` over `n` elements: element `i` keeps (value 1/(1-p))
+    /// when the `i`-th f32 of the layer's ChaCha8 stream is at least `p`, else 0. Drawn in parallel
+    /// chunks, each starting at its own word of the stream (one 32-bit word per f32 draw), so the mask
+    /// is the serial draw's whatever the thread count.
+    fn mask(&self, seed: u64, n: usize) -> Vec<f32> {
+        let keep = 1.0 / (1.0 - self.p);
+        let mut mask = vec![0f32; n];
+        for_each_chunk(
+            &mut mask,
+            ELEMENTWISE_CHUNK,
+            0,
+            ELEMENTWISE_CHUNK,
+            |i, m, _| {
+                let mut rng = lmt_core::named_rng(seed, &self.name);
+                rng.set_word_pos((i * ELEMENTWISE_CHUNK) as u128);
+                for v in m.iter_mut() {
+                    *v = if rng.random::<f32>() >= self.p {
+                        keep
+                    } else {
+                        0.0
+                    };
+                }
+            },
+        );
+        mask
+    }
+}
+
+/// `(x, mask) -> x * mask` with a backward pass that computes only the gradient of `x` (`g * mask`):
+/// candle's product would also compute and accumulate the gradient of the constant mask.
+struct MaskMul;
+
+impl CustomOp2 for MaskMul {
+    fn name(&self) -> &'static str {
+        "lmt-mask-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, m) = operands(self.name(), (s1, l1), (s2, l2))?;
+        let y = zip_map(self.name(), a, m, |a, m| a * m)?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = if x.track_op() {
+            Some(g.contiguous()?.apply_op2_no_bwd(mask, &MaskMul)?)
+        } else {
+            None
+        };
+        Ok((gx, None))
+    }
+}
+
 impl LipModule for Dropout {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
         if !ctx.train || !ctx.dropout || self.p == 0.0 {
             return Ok((x.clone(), lip));
         }
-        let mut rng = lmt_core::named_rng(ctx.seed, &self.name);
-        let keep = 1.0 / (1.0 - self.p);
-        let mask: Vec<f32> = (0..x.elem_count())
+        let mask = self.mask(ctx.seed, x.elem_count());
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        if !native(x) {
+            return Ok(((x * mask)?, lip));
+        }
+        Ok((x.contiguous()?.apply_op2(&mask, MaskMul)?, lip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    /// Values with signed zeros, NaN, infinities and more than one parallel chunk.
+    fn input(n: usize) -> Tensor {
+        let v: Vec<f32> = (0..n)
+            .map(|i| match i % 13 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::NAN,
+                3 => f32::NEG_INFINITY,
+                _ => ((i * 7919 % 1000) as f32 - 500.0) / 97.0,
+            })
+            .collect();
+        Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+    }
+
+    /// The fused ReLU gives candle's relu and its input gradient bit for bit, also where the upstream
+    /// gradient is a signed zero, NaN or infinite.
+    #[test]
+    fn relu_equals_candles_relu_bit_for_bit() {
+        let n = 3 * ELEMENTWISE_CHUNK + 700;
+        let x = Var::from_tensor(&input(n)).unwrap();
+        let ours = relu(x.as_tensor()).unwrap();
+        let candle = x.as_tensor().relu().unwrap();
+        assert_eq!(bits(&ours), bits(&candle));
+        let g = input(n).affine(-1.0, 0.0).unwrap();
+        let grad = |y: &Tensor| {
+            let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            gs.get(x.as_tensor()).unwrap().clone()
+        };
+        assert_eq!(bits(&grad(&ours)), bits(&grad(&candle)));
+    }
+
+    /// Dropout's mask drawn in parallel chunks equals the serial draw of the layer's stream, and the
+    /// masked product and its gradient equal candle's `x * mask`.
+    #[test]
+    fn dropout_mask_and_product_equal_the_serial_draw_and_candles_product() {
+        let d = Dropout::new(0.4, "group1.0.dropout").unwrap();
+        let n = 5 * ELEMENTWISE_CHUNK + 123;
+        let mask = d.mask(42, n);
+        let mut rng = lmt_core::named_rng(42, "group1.0.dropout");
+        let keep = 1.0 / (1.0 - 0.4f32);
+        let serial: Vec<f32> = (0..n)
             .map(|_| {
-                if rng.random::<f32>() >= self.p {
+                if rng.random::<f32>() >= 0.4 {
                     keep
                 } else {
                     0.0
                 }
             })
             .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok(((x * mask)?, lip))
+        assert_eq!(mask, serial);
+        let kept = mask.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64;
+        assert!((kept - 0.6).abs() < 0.01, "kept share {kept}");
+        let vectors = lmt_core::PowerVectors::new(0);
+        let ctx = Ctx::train(&vectors).with_seed(42);
+        let x = Var::from_tensor(&input(n)).unwrap();
+        let (ours, _) = d.forward_lip(x.as_tensor(), Lip::None, &ctx).unwrap();
+        let m = Tensor::from_vec(d.mask(42, x.elem_count()), x.shape(), &Device::Cpu).unwrap();
+        let candle = (x.as_tensor() * &m).unwrap();
+        assert_eq!(bits(&ours), bits(&candle));
+        let g = x.as_tensor().affine(0.5, 1.0).unwrap();
+        let grad = |y: &Tensor| {
+            let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            gs.get(x.as_tensor()).unwrap().clone()
+        };
+        assert_eq!(bits(&grad(&ours)), bits(&grad(&candle)));
     }
 }
