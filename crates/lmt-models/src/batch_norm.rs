@@ -119,6 +119,17 @@ impl BatchNorm2d {
     /// applied (batch variance, differentiable, in training; running variance at inference). Training
     /// also updates the running statistics.
     pub fn normalize(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        self.normalize_act(x, ctx, false)
+    }
+
+    /// [`normalize`](Self::normalize), then ReLU when `relu` is set: at inference with frozen parameters
+    /// one fused per-channel pass each way (the same bits as the two steps), else the two steps.
+    pub(crate) fn normalize_act(
+        &self,
+        x: &Tensor,
+        ctx: &Ctx,
+        relu: bool,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, _, h, w) = x.dims4()?;
         let (xc, var) = if ctx.train {
             let m = (b * h * w) as f64;
@@ -140,14 +151,14 @@ impl BatchNorm2d {
             let var = self.running_var.as_tensor().detach();
             let scale = ctx.param(&self.gamma).div(&(&var + self.eps)?.sqrt()?)?;
             // With frozen parameters the whole map is one per-channel affine pass.
-            if let Some(y) = channel_affine(x, &shift, &scale, &ctx.param(&self.beta))? {
+            if let Some(y) = channel_affine(x, &shift, &scale, &ctx.param(&self.beta), relu)? {
                 return Ok((y, scale));
             }
             (add_channel_bias(x, &shift)?, var)
         };
         let scale = ctx.param(&self.gamma).div(&(var + self.eps)?.sqrt()?)?;
         let y = add_channel_bias(&mul_channel(&xc, &scale)?, &ctx.param(&self.beta))?;
-        Ok((y, scale))
+        Ok((if relu { crate::simple::relu(&y)? } else { y }, scale))
     }
 
     /// The certified bound at inference: max_c |scale_c|, the scale as applied.
@@ -160,7 +171,21 @@ impl LipModule for BatchNorm2d {
     /// The estimate is the exact max |scale| (differentiable), not a power iteration: for a diagonal map
     /// it is cheaper and cannot lock onto a wrong coordinate (the authors perturb a vector instead).
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
-        let (y, scale) = self.normalize(x, ctx)?;
+        self.forward_lip_act(x, lip, ctx, false)
+    }
+}
+
+impl BatchNorm2d {
+    /// [`LipModule::forward_lip`], then ReLU when `relu` is set (1-Lipschitz: the bound is unchanged),
+    /// fused at inference (see [`BatchNorm2d::normalize_act`]).
+    pub(crate) fn forward_lip_act(
+        &self,
+        x: &Tensor,
+        lip: Lip,
+        ctx: &Ctx,
+        relu: bool,
+    ) -> Result<(Tensor, Lip)> {
+        let (y, scale) = self.normalize_act(x, ctx, relu)?;
         let lip = lip.through(|| Ok(scale.abs()?.max(0)?), || self.certified())?;
         Ok((y, lip))
     }

@@ -32,14 +32,21 @@ struct ChannelSumSq;
 /// backward pass computes it for `sqr` after materialising the broadcast gradient into zeros.
 struct SumSqGrad;
 
-/// `x -> ((x + shift_c) * scale_c) + bias_c` per channel, each step rounded to f32 as the chain of
+/// `x -> z = ((x + shift_c) * scale_c) + bias_c` per channel, each step rounded to f32 as the chain of
 /// [`add_channel_bias`], [`mul_channel`], [`add_channel_bias`] rounds it (batch normalisation at
-/// inference), with the input gradient `g * scale_c` only: for constant shift, scale and bias.
+/// inference), then `max(z, 0)` when `relu` is set, with the input gradient only (`g * scale_c`, or
+/// `(0 + g * (z >= 0)) * scale_c` after ReLU, the values the chain's backward pass gives): for constant
+/// shift, scale and bias.
 struct ChannelAffine {
     shift: Vec<f32>,
     scale: Vec<f32>,
     bias: Vec<f32>,
+    relu: bool,
 }
+
+/// `(g, x) -> (0 + g * (z >= 0)) * scale_c` with `z` the affine map of `x`: the input gradient of a
+/// [`ChannelAffine`] with ReLU.
+struct AffineReluGrad<'a>(&'a ChannelAffine);
 
 /// `(channels, row length)` of an `(N, C, ...)` shape.
 fn channel_rows(shape: &Shape) -> Result<(usize, usize)> {
@@ -235,17 +242,62 @@ impl CustomOp1 for ChannelAffine {
             let rows = o.chunks_mut(row.max(1)).zip(xi.chunks(row.max(1)));
             for (ch, (or, xr)) in rows.enumerate() {
                 let (a, s, b) = (self.shift[ch], self.scale[ch], self.bias[ch]);
-                or.iter_mut()
-                    .zip(xr)
-                    .for_each(|(d, &u)| *d = ((u + a) * s) + b);
+                let pairs = or.iter_mut().zip(xr);
+                if self.relu {
+                    pairs.for_each(|(d, &u)| *d = (((u + a) * s) + b).max(0f32));
+                } else {
+                    pairs.for_each(|(d, &u)| *d = ((u + a) * s) + b);
+                }
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        if self.relu {
+            return Ok(Some(grad.apply_op2_no_bwd(x, &AffineReluGrad(self))?));
+        }
         let s = Tensor::from_slice(&self.scale, self.scale.len(), grad.device())?;
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(&s, &MulChannel)?))
+        Ok(Some(grad.apply_op2_no_bwd(&s, &MulChannel)?))
+    }
+}
+
+impl CustomOp2 for AffineReluGrad<'_> {
+    fn name(&self) -> &'static str {
+        "lmt-channel-affine-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, x) = operands(self.name(), (s1, l1), (s2, l2))?;
+        let (c, row) = channel_rows(l1.shape())?;
+        let op = self.0;
+        if g.len() != x.len() || op.scale.len() != c {
+            candle_core::bail!("{}: operands do not match", self.name())
+        }
+        let mut out = vec![0f32; x.len()];
+        let image = c * row;
+        for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+            let range = i * image..(i + 1) * image;
+            let (gi, xi) = (&g[range.clone()], &x[range]);
+            let rows = o
+                .chunks_mut(row.max(1))
+                .zip(gi.chunks(row.max(1)).zip(xi.chunks(row.max(1))));
+            for (ch, (or, (gr, xr))) in rows.enumerate() {
+                let (a, s, b) = (op.shift[ch], op.scale[ch], op.bias[ch]);
+                for ((d, &g), &u) in or.iter_mut().zip(gr).zip(xr) {
+                    let on = if ((u + a) * s) + b >= 0.0 { 1.0 } else { 0.0 };
+                    *d = (0.0 + g * on) * s;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -314,14 +366,16 @@ pub(crate) fn channel_sum_sq(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `((x + shift) * scale) + bias` per channel of `x` (N, C, ...) for constant (untracked) vectors of
-/// length C: the values of `add_channel_bias(&mul_channel(&add_channel_bias(x, shift)?, scale)?, bias)`
-/// bit for bit, and its input gradient, in one pass each way; `None` when a vector is tracked (then
-/// the chain is needed for its gradient) or the tensors are not f32 on the CPU.
+/// length C, then ReLU when `relu` is set: the values of
+/// `add_channel_bias(&mul_channel(&add_channel_bias(x, shift)?, scale)?, bias)` (and of ReLU of it) bit
+/// for bit, and its input gradient, in one pass each way; `None` when a vector is tracked (then the
+/// chain is needed for its gradient) or the tensors are not f32 on the CPU.
 pub(crate) fn channel_affine(
     x: &Tensor,
     shift: &Tensor,
     scale: &Tensor,
     bias: &Tensor,
+    relu: bool,
 ) -> Result<Option<Tensor>> {
     let vectors = [shift, scale, bias];
     if vectors.iter().any(|v| v.track_op() || !native(x, v)) {
@@ -332,6 +386,7 @@ pub(crate) fn channel_affine(
         shift: shift?,
         scale: scale?,
         bias: bias?,
+        relu,
     };
     Ok(Some(x.contiguous()?.apply_op1(op)?))
 }
@@ -393,7 +448,7 @@ mod tests {
         let shift = Tensor::new(&[-0.25f32, 1.5, -0.0, 3.0], &dev).unwrap();
         let scale = Tensor::new(&[1.0f32 / 3.0, -2.0, 0.7, 1e-3], &dev).unwrap();
         let bias = Tensor::new(&[0.1f32, 0.0, -4.0, 2.0], &dev).unwrap();
-        let fused = channel_affine(x.as_tensor(), &shift, &scale, &bias)
+        let fused = channel_affine(x.as_tensor(), &shift, &scale, &bias, false)
             .unwrap()
             .expect("constant vectors");
         let chain = add_channel_bias(
@@ -409,7 +464,14 @@ mod tests {
         };
         assert_eq!(bits(&grad(&fused)), bits(&grad(&chain)));
         let tracked = Var::from_tensor(&scale).unwrap();
-        let declined = channel_affine(x.as_tensor(), &shift, tracked.as_tensor(), &bias).unwrap();
-        assert!(declined.is_none());
+        let declined = channel_affine(x.as_tensor(), &shift, tracked.as_tensor(), &bias, false);
+        assert!(declined.unwrap().is_none());
+        // With ReLU: the chain followed by ReLU, values and input gradient.
+        let fused = channel_affine(x.as_tensor(), &shift, &scale, &bias, true)
+            .unwrap()
+            .expect("constant vectors");
+        let chain = crate::simple::relu(&chain).unwrap();
+        assert_eq!(bits(&fused), bits(&chain));
+        assert_eq!(bits(&grad(&fused)), bits(&grad(&chain)));
     }
 }

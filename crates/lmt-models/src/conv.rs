@@ -355,8 +355,22 @@ impl ConvBn {
 
 impl LipModule for ConvBn {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
+        self.forward_lip_act(x, lip, ctx, false)
+    }
+}
+
+impl ConvBn {
+    /// [`LipModule::forward_lip`], then ReLU when `relu` is set (1-Lipschitz: the bound is unchanged),
+    /// fused into BN's pass at inference (see [`BatchNorm2d::normalize_act`]).
+    pub(crate) fn forward_lip_act(
+        &self,
+        x: &Tensor,
+        lip: Lip,
+        ctx: &Ctx,
+        relu: bool,
+    ) -> Result<(Tensor, Lip)> {
         let conv = self.conv.conv(x, &ctx.param(&self.conv.weight))?;
-        let (y, scale) = self.bn.normalize(&conv, ctx)?;
+        let (y, scale) = self.bn.normalize_act(&conv, ctx, relu)?;
         let lip = lip.through(
             || {
                 let (_, c, h, w) = x.dims4()?;

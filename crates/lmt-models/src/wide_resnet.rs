@@ -239,10 +239,18 @@ impl Classifier for WideResNet {
     fn forward(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<Output> {
         let (mut a, mut l_a) = self.stem.forward_lip(x, lip, ctx)?;
         let mut raw: Option<(Tensor, Lip)> = None;
+        // ReLU right after BN runs inside BN's pass (one fused pass at inference).
+        let relu = self.act == Act::Relu;
         for block in &self.blocks {
             let act = crate::simple::activation_module(self.act);
-            let layers: [&dyn LipModule; 4] = [&block.convbn1, act, &block.dropout, &block.conv2];
-            let branch = forward_seq(&layers, &a, l_a.clone(), ctx)?;
+            let branch = if relu {
+                let h = block.convbn1.forward_lip_act(&a, l_a.clone(), ctx, true)?;
+                forward_seq(&[&block.dropout, &block.conv2], &h.0, h.1, ctx)?
+            } else {
+                let layers: [&dyn LipModule; 4] =
+                    [&block.convbn1, act, &block.dropout, &block.conv2];
+                forward_seq(&layers, &a, l_a.clone(), ctx)?
+            };
             let shortcut = match &block.shortcut {
                 Shortcut::Identity => raw.take().ok_or_else(|| {
                     config("wide resnet", "identity shortcut without a residual stream")
@@ -262,8 +270,11 @@ impl Classifier for WideResNet {
                 }
             };
             let (x_new, l_x) = residual_add(branch, shortcut)?;
-            let act = crate::simple::activation_module(self.act);
-            (a, l_a) = forward_seq(&[&block.bn, act], &x_new, l_x.clone(), ctx)?;
+            (a, l_a) = if relu {
+                block.bn.forward_lip_act(&x_new, l_x.clone(), ctx, true)?
+            } else {
+                forward_seq(&[&block.bn, act], &x_new, l_x.clone(), ctx)?
+            };
             raw = Some((x_new, l_x));
         }
         let (h, l_sub) = forward_seq(&[&self.pool, &Flatten], &a, l_a, ctx)?;
