@@ -6,7 +6,7 @@
 use candle_core::{Tensor, Var};
 use lmt_core::{norms, CertifiedBound};
 
-use crate::channel::{add_channel_bias, channel_affine, channel_sum, channel_sum_sq, mul_channel};
+use crate::channel::{add_channel_bias, channel_affine, channel_sum, channel_sum_sq, scale_shift};
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::{error::config, tensor_f64, Result};
 
@@ -157,7 +157,7 @@ impl BatchNorm2d {
             (add_channel_bias(x, &shift)?, var)
         };
         let scale = ctx.param(&self.gamma).div(&(var + self.eps)?.sqrt()?)?;
-        let y = add_channel_bias(&mul_channel(&xc, &scale)?, &ctx.param(&self.beta))?;
+        let y = scale_shift(&xc, &scale, &ctx.param(&self.beta))?;
         Ok((if relu { crate::simple::relu(&y)? } else { y }, scale))
     }
 

@@ -7,7 +7,7 @@
 //! sum per `(image, channel)` row, accumulated in f64 in a fixed order (deterministic for any thread
 //! count), and each gradient is computed only when its operand is tracked.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{contiguous_f32, for_each_chunk, operands};
 
@@ -31,6 +31,19 @@ struct ChannelSumSq;
 /// `(x, g) -> (x * (0 + g_c)) * 2 + 0` per channel: [`ChannelSumSq`]'s input gradient, as candle's
 /// backward pass computes it for `sqr` after materialising the broadcast gradient into zeros.
 struct SumSqGrad;
+
+/// `(x, s, b) -> (x * s_c) + b_c` per channel (BN's scale and shift in training): the values of
+/// `add_channel_bias(&mul_channel(x, s)?, b)` bit for bit, and the three gradients that chain's
+/// backward pass gives (see [`ScaleShiftGrad`]) without its intermediate product or the zeroed buffer
+/// candle accumulates that product's gradient in.
+struct ScaleShift;
+
+/// `(g, x) -> [(0 + g) * s_c, sum (0 + g) x per channel, sum g per channel]`, packed in that order
+/// (`x.len() + 2 C` values): [`ScaleShift`]'s gradients of `x`, `s` and `b`, each rounded as the chain
+/// rounds it (candle's `0 + g` into zeros, [`MulChannel`], [`ChannelDot`], [`ChannelSum`]).
+struct ScaleShiftGrad {
+    scale: Vec<f32>,
+}
 
 /// `x -> z = ((x + shift_c) * scale_c) + bias_c` per channel, each step rounded to f32 as the chain of
 /// [`add_channel_bias`], [`mul_channel`], [`add_channel_bias`] rounds it (batch normalisation at
@@ -87,6 +100,14 @@ fn channel_reduce(
     len: usize,
     f: impl Fn(usize) -> f64 + Sync,
 ) -> Result<(CpuStorage, Shape)> {
+    let sums = channel_sums(shape, len, f)?;
+    let c = sums.len();
+    Ok((CpuStorage::F32(sums), Shape::from(c)))
+}
+
+/// The sums of [`channel_reduce`] as a vector: per channel, over images in order, each image's row
+/// summed in f64, then rounded to f32.
+fn channel_sums(shape: &Shape, len: usize, f: impl Fn(usize) -> f64 + Sync) -> Result<Vec<f32>> {
     let (c, row) = channel_rows(shape)?;
     let images = len.checked_div(c * row).unwrap_or(0);
     let mut sums = vec![0f32; c];
@@ -98,7 +119,7 @@ fn channel_reduce(
         }
         sum[0] = acc as f32;
     });
-    Ok((CpuStorage::F32(sums), Shape::from(c)))
+    Ok(sums)
 }
 
 impl CustomOp2 for AddChannel {
@@ -301,6 +322,102 @@ impl CustomOp2 for AffineReluGrad<'_> {
     }
 }
 
+impl CustomOp3 for ScaleShift {
+    fn name(&self) -> &'static str {
+        "lmt-scale-shift"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, s) = operands(self.name(), (s1, l1), (s2, l2))?;
+        let b = contiguous_f32(s3, l3, self.name())?;
+        let (c, row) = channel_rows(l1.shape())?;
+        if s.len() != c || b.len() != c {
+            candle_core::bail!("{}: per-channel vectors for {c} channels", self.name())
+        }
+        let mut out = vec![0f32; x.len()];
+        let image = c * row;
+        for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+            let xi = &x[i * image..(i + 1) * image];
+            let rows = o.chunks_mut(row.max(1)).zip(xi.chunks(row.max(1)));
+            for (ch, (or, xr)) in rows.enumerate() {
+                let (sc, bc) = (s[ch], b[ch]);
+                or.iter_mut().zip(xr).for_each(|(d, &u)| *d = (u * sc) + bc);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c) = (x.elem_count(), s.elem_count());
+        let op = ScaleShiftGrad {
+            scale: s.flatten_all()?.to_vec1::<f32>()?,
+        };
+        let packed = grad.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &op)?;
+        let gx = x
+            .track_op()
+            .then(|| packed.narrow(0, 0, n)?.reshape(x.shape()));
+        let gs = s
+            .track_op()
+            .then(|| packed.narrow(0, n, c)?.reshape(s.shape()));
+        let gb = b
+            .track_op()
+            .then(|| packed.narrow(0, n + c, c)?.reshape(b.shape()));
+        Ok((gx.transpose()?, gs.transpose()?, gb.transpose()?))
+    }
+}
+
+impl CustomOp2 for ScaleShiftGrad {
+    fn name(&self) -> &'static str {
+        "lmt-scale-shift-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, x) = operands(self.name(), (s1, l1), (s2, l2))?;
+        let (c, row) = channel_rows(l1.shape())?;
+        if g.len() != x.len() || self.scale.len() != c {
+            candle_core::bail!("{}: operands do not match", self.name())
+        }
+        let n = x.len();
+        let mut out = vec![0f32; n + 2 * c];
+        let (gx, sums) = out.split_at_mut(n);
+        let image = c * row;
+        for_each_chunk(gx, image, 0, image, |i, o, _| {
+            let gi = &g[i * image..(i + 1) * image];
+            let rows = o.chunks_mut(row.max(1)).zip(gi.chunks(row.max(1)));
+            for ((or, gr), &sc) in rows.zip(&self.scale) {
+                or.iter_mut()
+                    .zip(gr)
+                    .for_each(|(d, &u)| *d = (0.0 + u) * sc);
+            }
+        });
+        let ds = channel_sums(l1.shape(), n, |i| (0.0 + g[i]) as f64 * x[i] as f64)?;
+        sums[..c].copy_from_slice(&ds);
+        sums[c..].copy_from_slice(&channel_sums(l1.shape(), n, |i| g[i] as f64)?);
+        Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+    }
+}
+
 impl CustomOp2 for ChannelDot {
     fn name(&self) -> &'static str {
         "lmt-channel-dot"
@@ -354,6 +471,16 @@ pub fn mul_channel(x: &Tensor, s: &Tensor) -> Result<Tensor> {
         return x.broadcast_mul(&as_channels(s, x.rank())?);
     }
     x.contiguous()?.apply_op2(&s.contiguous()?, MulChannel)
+}
+
+/// `(x * s) + b` with `s` and `b` (C) applied along dimension 1 of `x` (N, C, ...): the values and
+/// gradients of `add_channel_bias(&mul_channel(x, s)?, b)` in fewer passes (see [`ScaleShift`]).
+pub(crate) fn scale_shift(x: &Tensor, s: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !native(x, s) || !native(x, b) {
+        return add_channel_bias(&mul_channel(x, s)?, b);
+    }
+    x.contiguous()?
+        .apply_op3(&s.contiguous()?, &b.contiguous()?, ScaleShift)
 }
 
 /// The per-channel sum of the squares of `x` (N, C, ...), shape (C): the values and gradient of
@@ -437,6 +564,26 @@ mod tests {
             g.get(x.as_tensor()).unwrap().clone()
         };
         assert_eq!(bits(&grad(&fused)), bits(&grad(&chain)));
+    }
+
+    /// The fused scale and shift gives `add_channel_bias(mul_channel(x, s), b)` and the gradients of all
+    /// three operands bit for bit.
+    #[test]
+    fn scale_shift_equals_the_chain_bit_for_bit() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&input()).unwrap();
+        let s = Var::new(&[1.0f32 / 3.0, -2.0, 0.0, 1e-3], &dev).unwrap();
+        let b = Var::new(&[0.1f32, -0.0, -4.0, 2.0], &dev).unwrap();
+        let (xt, st, bt) = (x.as_tensor(), s.as_tensor(), b.as_tensor());
+        let fused = scale_shift(xt, st, bt).unwrap();
+        let chain = add_channel_bias(&mul_channel(xt, st).unwrap(), bt).unwrap();
+        assert_eq!(bits(&fused), bits(&chain));
+        let g = input().affine(-0.5, 0.0).unwrap();
+        let grads = |y: &Tensor| {
+            let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            [xt, st, bt].map(|t| bits(gs.get(t).unwrap()))
+        };
+        assert_eq!(grads(&fused), grads(&chain));
     }
 
     /// The fused per-channel affine map gives the chain add, multiply, add and its input gradient bit for
