@@ -4,8 +4,10 @@
 //! ONNX's: per-axis kernel and stride, zero (average) or minus-infinity (max) padding on each side, and
 //! for average pooling whether padded pixels count in the divisor.
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use lmt_core::{norms, CertifiedBound, ConvGeometry};
+
+use crate::cpu::{contiguous_f32, for_each_chunk};
 
 use crate::lip::{CertifyMethod, Ctx, Lip, LipModule};
 use crate::{error::config, ConvCfg, Result};
@@ -166,9 +168,18 @@ impl Pool2d {
             // A depthwise convolution with a constant kernel: same values as avg_pool2d, but with a
             // gradient for every stride (candle's avg_pool2d has none when stride != kernel).
             PoolKind::Avg if square => {
-                let k = Tensor::full(1.0 / (kh * kw) as f32, (c, 1, kh, kw), x.device())?
-                    .to_dtype(x.dtype())?;
-                x.conv2d(&k, 0, sh, 1, c)?
+                let tiles = |k: usize, s: usize, out: usize, size: usize| {
+                    (s == k || out == 1) && out * k == size
+                };
+                let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+                if cpu_f32 && tiles(kh, sh, g.out_h(), h) && tiles(kw, sw, g.out_w(), w) {
+                    x.contiguous()?.apply_op1(TiledAvgPool {
+                        kernel: (kh, kw),
+                        stride: (sh, sw),
+                    })?
+                } else {
+                    candle_avg_pool(x, (kh, kw), (sh, sw))?
+                }
             }
             PoolKind::Avg => {
                 let cfg = ConvCfg {
@@ -241,6 +252,86 @@ impl Pool2d {
     }
 }
 
+/// candle's average pooling as the built-in networks compute it: a depthwise convolution of every
+/// channel with a constant kernel 1/(kh kw).
+fn candle_avg_pool(
+    x: &Tensor,
+    (kh, kw): (usize, usize),
+    (sh, _): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let c = x.dim(1)?;
+    let k =
+        Tensor::full(1.0 / (kh * kw) as f32, (c, 1, kh, kw), x.device())?.to_dtype(x.dtype())?;
+    x.conv2d(&k, 0, sh, 1, c)
+}
+
+/// Average pooling over windows that tile the input exactly (stride = window, or one window per axis),
+/// as a custom op: the forward pass is candle's own [`candle_avg_pool`] (so its values), and the
+/// backward pass gives each input pixel `0 + g * (1 / (kh kw))`, the value candle's backward pass
+/// computes for it, in one pass. candle's own backward of the depthwise convolution runs one transposed
+/// convolution and one kernel gradient per channel and pads each channel's gradient to the whole
+/// tensor before adding it: for the WRN's 8x8 pool over 64 channels, 64 full-size copies and additions.
+struct TiledAvgPool {
+    kernel: (usize, usize),
+    stride: (usize, usize),
+}
+
+/// `g -> gx`: [`TiledAvgPool`]'s input gradient on an input of `(h, w)` pixels per channel.
+struct TiledAvgPoolGrad {
+    kernel: (usize, usize),
+    input: (usize, usize),
+}
+
+impl CustomOp1 for TiledAvgPool {
+    fn name(&self) -> &'static str {
+        "lmt-tiled-avg-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let x = Tensor::from_slice(x, l.shape(), &candle_core::Device::Cpu)?;
+        let y = candle_avg_pool(&x, self.kernel, self.stride)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let op = TiledAvgPoolGrad {
+            kernel: self.kernel,
+            input: (h, w),
+        };
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+impl CustomOp1 for TiledAvgPoolGrad {
+    fn name(&self) -> &'static str {
+        "lmt-tiled-avg-pool-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = contiguous_f32(s, l, self.name())?;
+        let (b, c, oh, ow) = l.shape().dims4()?;
+        let ((kh, kw), (h, w)) = (self.kernel, self.input);
+        if oh * kh != h || ow * kw != w {
+            candle_core::bail!("{}: {oh}x{ow} windows of {kh}x{kw} on {h}x{w}", self.name())
+        }
+        // The kernel value exactly as candle_avg_pool builds it.
+        let k = 1.0 / (kh * kw) as f32;
+        let mut gx = vec![0f32; b * c * h * w];
+        for_each_chunk(&mut gx, h * w, 0, h * w, |i, plane, _| {
+            let gi = &g[i * oh * ow..(i + 1) * oh * ow];
+            for (y, row) in plane.chunks_mut(w).enumerate() {
+                for (x, d) in row.iter_mut().enumerate() {
+                    *d = 0.0 + gi[(y / kh) * ow + x / kw] * k;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(gx), Shape::from((b, c, h, w))))
+    }
+}
+
 impl LipModule for Pool2d {
     fn forward_lip(&self, x: &Tensor, lip: Lip, ctx: &Ctx) -> Result<(Tensor, Lip)> {
         let y = self.pool(x)?;
@@ -250,5 +341,56 @@ impl LipModule for Pool2d {
             || self.certified(x.dims(), ctx.method),
         )?;
         Ok((y, lip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    /// The tiled average pool gives candle's depthwise-convolution pool and its input gradient bit for
+    /// bit: the WRN's global 8x8 pool and the average-pool shortcut's 2x2 stride 2, with signed zeros in
+    /// the upstream gradient.
+    #[test]
+    fn tiled_average_pool_equals_candles_bit_for_bit() {
+        for (c, hw, k, s) in [(64, 8, 8, 1), (6, 12, 2, 2), (3, 6, 3, 3)] {
+            let n = 3 * c * hw * hw;
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 997) as f32 - 498.0) / 61.0)
+                .collect();
+            let x = Var::from_vec(v, (3, c, hw, hw), &Device::Cpu).unwrap();
+            let pool = Pool2d::new(PoolKind::Avg, k, s).unwrap();
+            let ours = pool.pool(x.as_tensor()).unwrap();
+            let candle = candle_avg_pool(x.as_tensor(), (k, k), (s, s)).unwrap();
+            assert_eq!(
+                bits(&ours),
+                bits(&candle),
+                "{c} channels, {hw}x{hw}, {k}/{s}"
+            );
+            let m = ours.elem_count();
+            let g: Vec<f32> = (0..m)
+                .map(|i| match i % 5 {
+                    0 => -0.0,
+                    1 => 0.0,
+                    _ => (i as f32 - 40.0) / 7.0,
+                })
+                .collect();
+            let g = Tensor::from_vec(g, ours.shape(), &Device::Cpu).unwrap();
+            let grad = |y: &Tensor| {
+                let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                bits(gs.get(x.as_tensor()).unwrap())
+            };
+            assert_eq!(
+                grad(&ours),
+                grad(&candle),
+                "{c} channels, {hw}x{hw}, {k}/{s}"
+            );
+        }
     }
 }
