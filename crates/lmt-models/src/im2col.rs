@@ -253,9 +253,11 @@ impl Patches {
             if s == 1 {
                 cols[c..c + n].copy_from_slice(&img[i..i + n]);
             } else {
-                for (t, d) in cols[c..c + n].iter_mut().enumerate() {
-                    *d = img[i + t * s];
-                }
+                let src = img[i..=i + (n - 1) * s].iter().step_by(s);
+                cols[c..c + n]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(d, v)| *d = *v);
             }
         });
     }
@@ -356,9 +358,8 @@ impl CustomOp2 for ConvBwdInput {
                         let dst = img[i..i + n].iter_mut();
                         dst.zip(&gcols[c..c + n]).for_each(|(d, g)| *d += g);
                     } else {
-                        for (t, g) in gcols[c..c + n].iter().enumerate() {
-                            img[i + t * s] += g;
-                        }
+                        let dst = img[i..=i + (n - 1) * s].iter_mut().step_by(s);
+                        dst.zip(&gcols[c..c + n]).for_each(|(d, g)| *d += g);
                     }
                 });
             },
