@@ -79,6 +79,39 @@ pub(crate) fn for_each_chunk(
     });
 }
 
+/// Calls `f(i, outs_i)` for every `i`, where `outs_i` holds the i-th `chunk` of each slice of `outs`
+/// (slices of one length), on candle's pool where there is enough work (one multiply-add per entry):
+/// an elementwise pass that writes several arrays at once, such as an optimiser update. Each call
+/// writes only its own chunks, so the result does not depend on the schedule.
+pub fn for_each_chunk_of(
+    outs: Vec<&mut [f32]>,
+    chunk: usize,
+    f: impl Fn(usize, &mut [&mut [f32]]) + Sync,
+) {
+    let len = outs.first().map_or(0, |o| o.len());
+    if chunk == 0 || len == 0 || outs.iter().any(|o| o.len() != len) {
+        return;
+    }
+    let mut iters: Vec<_> = outs.into_iter().map(|o| o.chunks_mut(chunk)).collect();
+    let items: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(chunk))
+        .map(|_| iters.iter_mut().filter_map(Iterator::next).collect())
+        .collect();
+    if items.len() <= 1 || len < POOL_MIN_WORK {
+        for (i, mut item) in items.into_iter().enumerate() {
+            f(i, &mut item);
+        }
+        return;
+    }
+    let slots: Vec<Mutex<Vec<&mut [f32]>>> = items.into_iter().map(Mutex::new).collect();
+    let next = AtomicUsize::new(0);
+    candle_core::utils::barrier_pool().execute(|_| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = slots.get(i) else { break };
+        let mut o = slot.lock().unwrap_or_else(|e| e.into_inner());
+        f(i, &mut o);
+    });
+}
+
 /// The widest gemm kernels this build uses on this CPU (chosen by the gemm crate at run time):
 /// `avx512f` (only with the `avx512` feature), `avx2+fma`, or `baseline`. For benchmark entries and
 /// manifests: the same build gives other last bits on hosts of another kind.

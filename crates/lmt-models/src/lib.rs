@@ -25,7 +25,7 @@
 pub use batch_norm::BatchNorm2d;
 pub use channel::{add_channel_bias, channel_sum, mul_channel};
 pub use conv::{conv_certified, grouped_certified, ConvBn, ConvCfg, LipConv2d};
-pub use cpu::gemm_path;
+pub use cpu::{for_each_chunk_of, gemm_path};
 pub(crate) use error::config;
 pub use error::{ModelError, Result};
 pub use four_c_three_f::FourCThreeF;
