@@ -80,12 +80,13 @@ pub(crate) fn for_each_chunk(
 }
 
 /// Calls `f(i, outs_i)` for every `i`, where `outs_i` holds the i-th `chunk` of each slice of `outs`
-/// (slices of one length), on candle's pool where there is enough work (one multiply-add per entry):
-/// an elementwise pass that writes several arrays at once, such as an optimiser update. Each call
-/// writes only its own chunks, so the result does not depend on the schedule.
+/// (slices of one length), on candle's pool where there is enough work (`work` multiply-adds per
+/// entry): an elementwise pass that writes several arrays at once, such as an optimiser update. Each
+/// call writes only its own chunks, so the result does not depend on the schedule.
 pub fn for_each_chunk_of(
     outs: Vec<&mut [f32]>,
     chunk: usize,
+    work: usize,
     f: impl Fn(usize, &mut [&mut [f32]]) + Sync,
 ) {
     let len = outs.first().map_or(0, |o| o.len());
@@ -96,7 +97,7 @@ pub fn for_each_chunk_of(
     let items: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(chunk))
         .map(|_| iters.iter_mut().filter_map(Iterator::next).collect())
         .collect();
-    if items.len() <= 1 || len < POOL_MIN_WORK {
+    if items.len() <= 1 || len.saturating_mul(work) < POOL_MIN_WORK {
         for (i, mut item) in items.into_iter().enumerate() {
             f(i, &mut item);
         }

@@ -174,33 +174,26 @@ impl Optimizer {
                     &zeros
                 }
             };
-            let adam = matches!(rule, Rule::Adam { .. });
+            let is_adam = matches!(rule, Rule::Adam { .. });
             let (mut p_new, mut m_new) = (vec![0f32; n], vec![0f32; n]);
-            let mut v_new = if adam { vec![0f32; n] } else { Vec::new() };
+            let mut v_new = if is_adam { vec![0f32; n] } else { Vec::new() };
             let mut outs: Vec<&mut [f32]> = vec![&mut p_new, &mut m_new];
-            if adam {
+            if is_adam {
                 outs.push(&mut v_new);
             }
             let (with_decay, decay) = (decay > 0.0, decay as f32);
-            lmt_models::for_each_chunk_of(outs, CHUNK, |c, outs| {
+            lmt_models::for_each_chunk_of(outs, CHUNK, ENTRY_WORK, |c, outs| {
                 let r = c * CHUNK..(c * CHUNK + outs[0].len());
                 let (pd, gd, md, vd) = (&pd[r.clone()], &gd[r.clone()], &md[r.clone()], &vd[r]);
-                // Chainer's weight-decay hook, then the rule.
-                let grad = |k: usize| match with_decay {
-                    true => gd[k] + (pd[k] * decay + 0.0),
-                    false => gd[k],
-                };
-                match outs {
-                    [pn, mn, vn] => {
-                        for k in 0..pd.len() {
-                            (pn[k], mn[k], vn[k]) = rule.apply(pd[k], grad(k), md[k], vd[k]);
-                        }
-                    }
-                    [pn, mn] => {
-                        for k in 0..pd.len() {
-                            (pn[k], mn[k], _) = rule.apply(pd[k], grad(k), md[k], 0.0);
-                        }
-                    }
+                match (rule, outs) {
+                    (Rule::Adam { lr_t }, [pn, mn, vn]) => match with_decay {
+                        true => adam_pass::<true>(lr_t, decay, (pd, gd, md, vd), (pn, mn, vn)),
+                        false => adam_pass::<false>(lr_t, decay, (pd, gd, md, vd), (pn, mn, vn)),
+                    },
+                    (Rule::Nesterov { mu, lr }, [pn, mn]) => match with_decay {
+                        true => nesterov_pass::<true>(mu, lr, decay, (pd, gd, md), (pn, mn)),
+                        false => nesterov_pass::<false>(mu, lr, decay, (pd, gd, md), (pn, mn)),
+                    },
                     _ => {}
                 }
             });
@@ -217,7 +210,11 @@ impl Optimizer {
 }
 
 /// Entries per item of the fused update's parallel loop.
-const CHUNK: usize = 1 << 14;
+const CHUNK: usize = 1 << 13;
+
+/// The cost of one entry's update in multiply-adds (Adam's square root and division count several),
+/// so that updates of more than about 16,000 entries use both cores.
+const ENTRY_WORK: usize = 16;
 
 /// One step's update rule with its scalars.
 #[derive(Debug, Clone, Copy)]
@@ -228,26 +225,79 @@ enum Rule {
     Nesterov { mu: f64, lr: f64 },
 }
 
-impl Rule {
-    /// New (parameter, first moment or velocity, second moment) of one entry with gradient `g`, each
-    /// f32 operation as the chain of tensor ops in [`Optimizer::chain_update`] rounds it.
-    #[inline(always)]
-    fn apply(self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
-        // Candle's `x * a` is `x * a + 0` in f32 (so -0 becomes +0), and `x + a` is `x * 1 + a`.
-        let scale = |x: f32, a: f64| x * (a as f32) + 0.0;
-        match self {
-            Rule::Adam { lr_t } => {
-                let m = m + scale(g - m, 1.0 - B1);
-                let v = v + scale(g * g - v, 1.0 - B2);
-                let update = m / (v.sqrt() * 1.0 + EPS as f32);
-                (p - scale(update, lr_t), m, v)
-            }
-            Rule::Nesterov { mu, lr } => {
-                let vel = scale(m, mu) - scale(g, lr);
-                let delta = scale(vel, mu * mu) - scale(g, (1.0 + mu) * lr);
-                (p + delta, vel, v)
-            }
-        }
+/// Candle's `x * a` in f32: its affine map `x * a + 0` (so -0 becomes +0).
+#[inline(always)]
+fn scale(x: f32, a: f32) -> f32 {
+    x * a + 0.0
+}
+
+/// The gradient after Chainer's weight-decay hook `g + rate p` (candle's `p * rate` is `p * rate + 0`).
+#[inline(always)]
+fn decayed<const DECAY: bool>(g: f32, p: f32, rate: f32) -> f32 {
+    if DECAY {
+        g + scale(p, rate)
+    } else {
+        g
+    }
+}
+
+/// Adam over one chunk: new (parameter, m, v) from (parameter, gradient, m, v), each f32 operation as
+/// the chain of tensor ops in [`Optimizer::chain_update`] rounds it (candle's `x + a` is `x * 1 + a`).
+/// Indexed loops over slices cut to one length, so they compile to vector instructions.
+fn adam_pass<const DECAY: bool>(
+    lr_t: f64,
+    rate: f32,
+    (p, g, m, v): (&[f32], &[f32], &[f32], &[f32]),
+    (p_new, m_new, v_new): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    let n = p_new.len();
+    let (p, g, m, v, m_new, v_new) = (
+        &p[..n],
+        &g[..n],
+        &m[..n],
+        &v[..n],
+        &mut m_new[..n],
+        &mut v_new[..n],
+    );
+    let (b1, b2, eps, lr_t) = (
+        (1.0 - B1) as f32,
+        (1.0 - B2) as f32,
+        EPS as f32,
+        lr_t as f32,
+    );
+    for k in 0..n {
+        let g = decayed::<DECAY>(g[k], p[k], rate);
+        let mk = m[k] + scale(g - m[k], b1);
+        let vk = v[k] + scale(g * g - v[k], b2);
+        let update = mk / (vk.sqrt() * 1.0 + eps);
+        p_new[k] = p[k] - scale(update, lr_t);
+        m_new[k] = mk;
+        v_new[k] = vk;
+    }
+}
+
+/// Nesterov over one chunk: new (parameter, velocity) from (parameter, gradient, velocity), as the
+/// chain rounds it.
+fn nesterov_pass<const DECAY: bool>(
+    mu: f64,
+    lr: f64,
+    rate: f32,
+    (p, g, m): (&[f32], &[f32], &[f32]),
+    (p_new, m_new): (&mut [f32], &mut [f32]),
+) {
+    let n = p_new.len();
+    let (p, g, m, m_new) = (&p[..n], &g[..n], &m[..n], &mut m_new[..n]);
+    let (mu1, lr1, mu2, lr2) = (
+        mu as f32,
+        lr as f32,
+        (mu * mu) as f32,
+        ((1.0 + mu) * lr) as f32,
+    );
+    for k in 0..n {
+        let g = decayed::<DECAY>(g[k], p[k], rate);
+        let vel = scale(m[k], mu1) - scale(g, lr1);
+        p_new[k] = p[k] + (scale(vel, mu2) - scale(g, lr2));
+        m_new[k] = vel;
     }
 }
 
