@@ -40,11 +40,40 @@ pub(crate) fn operands<'a>(
 /// (a test suite of tiny convolutions next to a training run went from 8 s to 116 s without this).
 const POOL_MIN_WORK: usize = 1 << 18;
 
+/// Calls `f(i, &mut items[i], state)` for every item: on the calling thread where `work` (multiply-adds
+/// in all) is below [`POOL_MIN_WORK`], else on candle's pool, items handed out one at a time so uneven
+/// work balances. `state` makes each thread's scratch once, when it takes its first item. Each call
+/// touches only its own item, so the result does not depend on the schedule.
+fn on_pool<T: Send, S>(
+    items: Vec<T>,
+    work: usize,
+    state: impl Fn() -> S + Sync,
+    f: impl Fn(usize, &mut T, &mut S) + Sync,
+) {
+    if items.len() <= 1 || work < POOL_MIN_WORK {
+        let mut s = state();
+        for (i, mut item) in items.into_iter().enumerate() {
+            f(i, &mut item, &mut s);
+        }
+        return;
+    }
+    let slots: Vec<Mutex<T>> = items.into_iter().map(Mutex::new).collect();
+    let next = AtomicUsize::new(0);
+    candle_core::utils::barrier_pool().execute(|_| {
+        let mut s = None;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = slots.get(i) else { break };
+            let s = s.get_or_insert_with(&state);
+            let mut item = slot.lock().unwrap_or_else(|e| e.into_inner());
+            f(i, &mut item, s);
+        }
+    });
+}
+
 /// Calls `f(i, out_i, scratch)` for every `i < out.len() / chunk`, where `out_i` is the i-th `chunk`
 /// of `out` and `scratch` a zeroed-once buffer of `scratch_len` floats owned by the calling thread.
-/// `work` is the cost of one item in multiply-adds, to keep small loops on the calling thread. Items
-/// are handed out one at a time, so uneven work balances; each item writes only its own chunk, so the
-/// result does not depend on the schedule.
+/// `work` is the cost of one item in multiply-adds, to keep small loops on the calling thread.
 pub(crate) fn for_each_chunk(
     out: &mut [f32],
     chunk: usize,
@@ -55,34 +84,19 @@ pub(crate) fn for_each_chunk(
     if chunk == 0 {
         return;
     }
-    let items = out.len().div_ceil(chunk);
-    if items <= 1 || items.saturating_mul(work) < POOL_MIN_WORK {
-        let mut scratch = vec![0f32; scratch_len];
-        for (i, o) in out.chunks_mut(chunk).enumerate() {
-            f(i, o, &mut scratch);
-        }
-        return;
-    }
-    let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
-    let next = AtomicUsize::new(0);
-    candle_core::utils::barrier_pool().execute(|_| {
-        let mut scratch = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(slot) = slots.get(i) else { break };
-            if scratch.is_empty() {
-                scratch = vec![0f32; scratch_len];
-            }
-            let mut o = slot.lock().unwrap_or_else(|e| e.into_inner());
-            f(i, &mut o, &mut scratch);
-        }
-    });
+    let items: Vec<&mut [f32]> = out.chunks_mut(chunk).collect();
+    let total = items.len().saturating_mul(work);
+    on_pool(
+        items,
+        total,
+        || vec![0f32; scratch_len],
+        |i, o, scratch| f(i, o, scratch),
+    );
 }
 
 /// Calls `f(i, outs_i)` for every `i`, where `outs_i` holds the i-th `chunk` of each slice of `outs`
 /// (slices of one length), on candle's pool where there is enough work (`work` multiply-adds per
-/// entry): an elementwise pass that writes several arrays at once, such as an optimiser update. Each
-/// call writes only its own chunks, so the result does not depend on the schedule.
+/// entry): an elementwise pass that writes several arrays at once, such as an optimiser update.
 pub fn for_each_chunk_of(
     outs: Vec<&mut [f32]>,
     chunk: usize,
@@ -97,20 +111,7 @@ pub fn for_each_chunk_of(
     let items: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(chunk))
         .map(|_| iters.iter_mut().filter_map(Iterator::next).collect())
         .collect();
-    if items.len() <= 1 || len.saturating_mul(work) < POOL_MIN_WORK {
-        for (i, mut item) in items.into_iter().enumerate() {
-            f(i, &mut item);
-        }
-        return;
-    }
-    let slots: Vec<Mutex<Vec<&mut [f32]>>> = items.into_iter().map(Mutex::new).collect();
-    let next = AtomicUsize::new(0);
-    candle_core::utils::barrier_pool().execute(|_| loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = slots.get(i) else { break };
-        let mut o = slot.lock().unwrap_or_else(|e| e.into_inner());
-        f(i, &mut o);
-    });
+    on_pool(items, len.saturating_mul(work), || (), |i, o, _| f(i, o));
 }
 
 /// The widest gemm kernels this build uses on this CPU (chosen by the gemm crate at run time):

@@ -317,6 +317,19 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// Adam, and Nesterov with momentum `mu`, both at learning rate 0.1.
+    fn both_rules(mu: f64) -> [OptimizerConfig; 2] {
+        [
+            OptimizerConfig::Adam { lr: 0.1 },
+            OptimizerConfig::Nesterov {
+                lr: 0.1,
+                momentum: mu,
+                drop_epochs: vec![],
+                drop_ratio: 0.1,
+            },
+        ]
+    }
+
     /// Values that stress the rounding: signed zeros, subnormals, huge and non-finite entries.
     const SPECIAL: [f32; 10] = [
         0.0,
@@ -359,16 +372,7 @@ mod tests {
         // gets no gradient; weight decay skips "small".
         let sizes = [("big", 300_000), ("frozen", 33), ("small", 40)];
         let init: Vec<Vec<f32>> = sizes.iter().map(|&(_, n)| values(&mut rng, n)).collect();
-        let kinds = [
-            OptimizerConfig::Adam { lr: 0.1 },
-            OptimizerConfig::Nesterov {
-                lr: 0.1,
-                momentum: 0.9,
-                drop_epochs: vec![],
-                drop_ratio: 0.1,
-            },
-        ];
-        for kind in kinds {
+        for kind in both_rules(0.9) {
             let make = || {
                 let params: Vec<(String, Var)> = sizes
                     .iter()
@@ -449,16 +453,7 @@ mod tests {
             column(2).unwrap(),
             column(3).unwrap(),
         );
-        let kinds = [
-            OptimizerConfig::Adam { lr: 0.1 },
-            OptimizerConfig::Nesterov {
-                lr: 0.1,
-                momentum: 0.5,
-                drop_epochs: vec![],
-                drop_ratio: 0.1,
-            },
-        ];
-        for kind in kinds {
+        for kind in both_rules(0.5) {
             for decay in [0.0, 1e-3] {
                 let mut out = Vec::new();
                 for fused in [true, false] {
@@ -487,15 +482,7 @@ mod tests {
     #[test]
     fn state_keeps_no_autograd_graph() {
         let p = Var::from_tensor(&Tensor::new(&[1.0f32, 2.0], &Device::Cpu).unwrap()).unwrap();
-        for kind in [
-            OptimizerConfig::Adam { lr: 0.1 },
-            OptimizerConfig::Nesterov {
-                lr: 0.1,
-                momentum: 0.9,
-                drop_epochs: vec![],
-                drop_ratio: 0.1,
-            },
-        ] {
+        for kind in both_rules(0.9) {
             let mut opt = Optimizer::new(kind, vec![("p".into(), p.clone())]).unwrap();
             for _ in 0..3 {
                 let grads = p
