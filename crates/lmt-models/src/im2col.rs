@@ -487,6 +487,54 @@ fn candle_conv2d(x: &Tensor, weight: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
 mod tests {
     use super::*;
 
+    /// The patch matrix equals its definition bit for bit on every small geometry (strides, dilations,
+    /// uneven pads): each entry is the input pixel it reads, or 0 in the padding.
+    #[test]
+    fn gather_writes_the_patch_matrix_of_its_definition() {
+        let mut padded = 0;
+        for (h, w, kh, kw) in (1..7)
+            .flat_map(|h| (1..7).map(move |w| (h, w)))
+            .flat_map(|(h, w)| (1..4).flat_map(move |kh| (1..4).map(move |kw| (h, w, kh, kw))))
+        {
+            for (stride, dilation, pads) in [(1, 1), (1, 2), (2, 1)]
+                .into_iter()
+                .flat_map(|s| [(1, 1), (2, 1), (1, 2)].map(|d| (s, d)))
+                .flat_map(|(s, d)| [[0, 0, 0, 0], [1, 1, 1, 1], [2, 1, 0, 2]].map(|p| (s, d, p)))
+            {
+                let cfg = ConvCfg {
+                    stride,
+                    pads,
+                    dilation,
+                    groups: 1,
+                };
+                let Some(p) = Patches::new((1, 2, h, w), kh, kw, &cfg) else {
+                    continue;
+                };
+                let img: Vec<f32> = (0..p.image_len()).map(|v| v as f32 + 1.0).collect();
+                let (ow, px) = (p.out_w(), p.pixels());
+                let mut cols = vec![f32::NAN; p.patch_len() * px];
+                p.gather(&img, &mut cols);
+                let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
+                for (e, row) in cols.chunks(px).enumerate() {
+                    let (c, i, j) = (e / (kh * kw), e / kw % kh, e % kw);
+                    for (q, &got) in row.iter().enumerate() {
+                        let ih = ((q / ow) * sh + i * dh) as isize - pt as isize;
+                        let iw = ((q % ow) * sw + j * dw) as isize - pl as isize;
+                        let inside = (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
+                        let want = if inside {
+                            img[(c * h + ih as usize) * w + iw as usize]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(got.to_bits(), want.to_bits(), "{p:?} entry {e} pixel {q}");
+                    }
+                }
+                padded += usize::from(pl > 0 && pt > 0);
+            }
+        }
+        assert!(padded > 100, "{padded} padded cases");
+    }
+
     /// The convolution's gemm under portable numerics sums a 1024-deep product in two 512-deep passes
     /// on every host: 2^24 at depth 0 and ones from depth 512 on keep their 512 (one pass would round
     /// each 1 away), also when accumulating into `dst` and with a transposed operand.
