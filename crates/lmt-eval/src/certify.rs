@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use lmt_core::{certify_prop1_guarded, certify_prop2_guarded, CertifiedBound, Proposition};
+use lmt_core::{
+    certify_prop1_guarded, certify_prop2_guarded, BoundMethod, CertifiedBound, Proposition,
+};
 use lmt_data::ImageSet;
 use lmt_models::{CertifyMethod, Classifier, Ctx, Lip};
 
@@ -195,6 +197,9 @@ pub struct CertifySummary {
     pub median_radius: f64,
     /// Certified accuracy at each of [`SUMMARY_SIZES`].
     pub certified: Vec<(f64, Proportion)>,
+    /// Whether some radius rests on a probabilistic bound (power iteration): its certified accuracies
+    /// are then labelled probabilistic, never guaranteed.
+    pub probabilistic: bool,
 }
 
 impl CertifySummary {
@@ -212,6 +217,11 @@ impl CertifySummary {
                 .iter()
                 .map(|&e| (e, certified_accuracy(&radii, e)))
                 .collect(),
+            probabilistic: rows.iter().any(|r| {
+                [BoundMethod::Power, BoundMethod::MixedProbabilistic]
+                    .iter()
+                    .any(|m| r.bound_method == m.name())
+            }),
         }
     }
 }
@@ -224,10 +234,15 @@ impl std::fmt::Display for CertifySummary {
             "median certified radius (misclassified count as 0): {:.6}",
             self.median_radius
         )?;
+        let kind = if self.probabilistic {
+            "a PROBABILISTIC lower bound: power iteration bounded a layer"
+        } else {
+            "a guaranteed lower bound"
+        };
         for (e, p) in &self.certified {
             writeln!(
                 f,
-                "certified accuracy at L2 radius {e} (a guaranteed lower bound; perturbations of norm <= {e}): {p}"
+                "certified accuracy at L2 radius {e} ({kind}; perturbations of norm <= {e}): {p}"
             )?;
         }
         Ok(())

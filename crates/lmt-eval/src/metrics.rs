@@ -182,6 +182,41 @@ mod tests {
         assert_eq!(accuracy_under_attack(&d, 0.0), Proportion { k: 3, n: 4 });
     }
 
+    /// Radii from power iteration are labelled probabilistic in the summary, never guaranteed; one such
+    /// row among deterministic ones is enough.
+    #[test]
+    fn a_summary_over_a_power_iteration_bound_is_labelled_probabilistic() {
+        let row = |i: usize, method: &str| crate::CertificateRow {
+            index: i,
+            label: 0,
+            prediction: Some(0),
+            margin: 1.0,
+            logit_error: 0.0,
+            radius: 0.5,
+            proposition: "prop2".into(),
+            bound_method: method.into(),
+        };
+        let text = |methods: &[&str]| {
+            let rows: Vec<_> = methods.iter().enumerate().map(|(i, m)| row(i, m)).collect();
+            crate::CertifySummary::of(&rows).to_string()
+        };
+        for methods in [
+            &["power (probabilistic)"][..],
+            &["fft", "mixed with power (probabilistic)"],
+        ] {
+            let t = text(methods);
+            assert!(
+                t.contains("PROBABILISTIC") && !t.contains("guaranteed"),
+                "{t}"
+            );
+        }
+        let t = text(&["dense", "fft", "mixed"]);
+        assert!(
+            t.contains("guaranteed") && !t.contains("PROBABILISTIC"),
+            "{t}"
+        );
+    }
+
     #[test]
     fn a_non_finite_radius_counts_as_zero_in_the_summary_median() {
         let row = |i: usize, r: f64| crate::CertificateRow {
