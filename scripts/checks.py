@@ -37,6 +37,9 @@ def write_manifest(csv_path, *, experiment, profile, config, git_revision, wall_
         "model_sha256": sorted({s["provenance"]["model_sha256"] for s in sources if s.get("provenance")}),
         "machine": f"{platform.system().lower()} {platform.machine()}, {os.cpu_count()} logical cores",
         "wall_seconds": float(wall_seconds),
+        # The source runs' own wall times: a resumed check's wall_seconds leaves out the attacks it found
+        # already done.
+        "source_wall_seconds": round(sum(float(s.get("wall_seconds", 0.0)) for s in sources), 1),
         "command": command,
     }
     path = csv_path[:-len(".csv")] + "_manifest.json"
