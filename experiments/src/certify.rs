@@ -129,6 +129,7 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         ),
         None => format!("L = {:.6} ({})", c.l.value(), c.l.method()),
     };
+    let sum = CertifySummary::of(&c.rows);
     let summary = format!(
         "model {} ({} profile{}), {}\n{n} {} {} images; proposition {} ({}); bound method {}\n\
          certified upper bounds: {bounds}, computed in {:.1} s\n{}",
@@ -151,9 +152,9 @@ pub fn run(args: &CertifyArgs) -> Result<()> {
         c.why,
         c.l.method(),
         c.bound_seconds,
-        CertifySummary::of(&c.rows),
+        sum,
     );
-    let summary = if c.l.method().is_probabilistic() {
+    let summary = if sum.probabilistic {
         format!(
             "{summary}WARNING: a layer was bounded by power iteration, so these radii are PROBABILISTIC: they hold only if a random start had enough weight on the top singular vector (use --method dense or fft for deterministic bounds)\n"
         )

@@ -59,6 +59,24 @@ pub enum BoundMethod {
 }
 
 impl BoundMethod {
+    /// Every method, for reading a name back ([`Self::from_name`]).
+    pub const ALL: [BoundMethod; 9] = [
+        BoundMethod::Dense,
+        BoundMethod::Power,
+        BoundMethod::Fft,
+        BoundMethod::Cor1,
+        BoundMethod::Cisse,
+        BoundMethod::PeckReconstructed,
+        BoundMethod::ClosedForm,
+        BoundMethod::Mixed,
+        BoundMethod::MixedProbabilistic,
+    ];
+
+    /// The method a [`Self::name`] names (as read from a certificate file), or `None`.
+    pub fn from_name(name: &str) -> Option<BoundMethod> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     /// Short name used in CSV files and reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -172,6 +190,28 @@ pub struct LowerBound(pub f64);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ALL` lists every method once (the match below stops compiling when a method is added), and
+    /// every name reads back to its method.
+    #[test]
+    fn every_method_name_reads_back() {
+        let index = |m: BoundMethod| match m {
+            BoundMethod::Dense => 0,
+            BoundMethod::Power => 1,
+            BoundMethod::Fft => 2,
+            BoundMethod::Cor1 => 3,
+            BoundMethod::Cisse => 4,
+            BoundMethod::PeckReconstructed => 5,
+            BoundMethod::ClosedForm => 6,
+            BoundMethod::Mixed => 7,
+            BoundMethod::MixedProbabilistic => 8,
+        };
+        for (i, m) in BoundMethod::ALL.into_iter().enumerate() {
+            assert_eq!(index(m), i);
+            assert_eq!(BoundMethod::from_name(m.name()), Some(m));
+        }
+        assert_eq!(BoundMethod::from_name("power"), None);
+    }
 
     #[test]
     fn combination_rules_and_methods() {

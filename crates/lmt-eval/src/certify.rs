@@ -197,8 +197,8 @@ pub struct CertifySummary {
     pub median_radius: f64,
     /// Certified accuracy at each of [`SUMMARY_SIZES`].
     pub certified: Vec<(f64, Proportion)>,
-    /// Whether some radius rests on a probabilistic bound (power iteration): its certified accuracies
-    /// are then labelled probabilistic, never guaranteed.
+    /// Whether some radius rests on a probabilistic bound (power iteration) or on a method this build
+    /// does not know: its certified accuracies are then not labelled guaranteed.
     pub probabilistic: bool,
 }
 
@@ -218,9 +218,7 @@ impl CertifySummary {
                 .map(|&e| (e, certified_accuracy(&radii, e)))
                 .collect(),
             probabilistic: rows.iter().any(|r| {
-                [BoundMethod::Power, BoundMethod::MixedProbabilistic]
-                    .iter()
-                    .any(|m| r.bound_method == m.name())
+                BoundMethod::from_name(&r.bound_method).is_none_or(BoundMethod::is_probabilistic)
             }),
         }
     }
@@ -235,7 +233,7 @@ impl std::fmt::Display for CertifySummary {
             self.median_radius
         )?;
         let kind = if self.probabilistic {
-            "a PROBABILISTIC lower bound: power iteration bounded a layer"
+            "a PROBABILISTIC lower bound: power iteration (or an unknown method) bounded a layer"
         } else {
             "a guaranteed lower bound"
         };

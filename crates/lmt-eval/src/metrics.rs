@@ -182,8 +182,8 @@ mod tests {
         assert_eq!(accuracy_under_attack(&d, 0.0), Proportion { k: 3, n: 4 });
     }
 
-    /// Radii from power iteration are labelled probabilistic in the summary, never guaranteed; one such
-    /// row among deterministic ones is enough.
+    /// Radii from power iteration, or from a method name this build does not know, are never labelled
+    /// guaranteed in the summary; one such row among deterministic ones is enough.
     #[test]
     fn a_summary_over_a_power_iteration_bound_is_labelled_probabilistic() {
         let row = |i: usize, method: &str| crate::CertificateRow {
@@ -203,6 +203,7 @@ mod tests {
         for methods in [
             &["power (probabilistic)"][..],
             &["fft", "mixed with power (probabilistic)"],
+            &["dense", "a method this build does not know"],
         ] {
             let t = text(methods);
             assert!(
