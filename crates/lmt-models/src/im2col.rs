@@ -245,9 +245,11 @@ impl Patches {
     fn pixels(&self) -> usize {
         self.out_h() * self.out_w()
     }
-    /// The patch matrix (patch entry, output pixel) of one image.
+    /// The patch matrix (patch entry, output pixel) of one image, written into `cols` where the entries
+    /// read the image. The entries that read the zero padding are left as they are: `cols` must hold
+    /// zeros there, as a zeroed scratch does, and keeps doing after gathers of the same geometry (no
+    /// second pass over the whole matrix per image).
     fn gather(&self, img: &[f32], cols: &mut [f32]) {
-        cols.fill(0.0);
         let s = self.stride.1;
         self.for_each_run(|c, i, n| {
             if s == 1 {
@@ -512,7 +514,9 @@ mod tests {
                 };
                 let img: Vec<f32> = (0..p.image_len()).map(|v| v as f32 + 1.0).collect();
                 let (ow, px) = (p.out_w(), p.pixels());
-                let mut cols = vec![f32::NAN; p.patch_len() * px];
+                // A scratch reused as the convolutions reuse theirs: zeroed, then a first image.
+                let mut cols = vec![0f32; p.patch_len() * px];
+                p.gather(&vec![f32::NAN; p.image_len()], &mut cols);
                 p.gather(&img, &mut cols);
                 let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
                 for (e, row) in cols.chunks(px).enumerate() {
