@@ -24,6 +24,8 @@ WORKLOADS = [
     "kw_lmt_step_b50",
     "kw_at_cw30_step_b50",
     "kw_plain_step_b128",
+    "c4f3_plain_step_b50",
+    "c4f3_lmt_step_b50",
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
@@ -110,11 +112,14 @@ def main():
         g = lambda r: f"{rate(w, r):.1f} ({rate(w, r) / peak:.0%})" if peak and rate(w, r) else "-"
         print(f"| {w} | {f(u)} | {f(t)} | {f(v)} | {f(p)} | {ratio(t)} | {ratio(v)} | {rss} | {g(t)} | {g(v)} | {g(p)} |")
     d = {w: (t, p) for w, _, t, _, p in rows}
-    if "kw_lmt_step_b50" in d and "kw_plain_step_b50" in d:
-        (tl, pl), (tp, pp) = d["kw_lmt_step_b50"], d["kw_plain_step_b50"]
-        if tl and tp:
-            extra = f", PyTorch {pl['ms'] / pp['ms']:.2f}" if pl and pp else ""
-            print(f"\nLMT step / plain step (batch 50): lmt-rs {tl['ms'] / tp['ms']:.2f}{extra}")
+    print()
+    for net in ("kw", "c4f3"):
+        lmt, plain = f"{net}_lmt_step_b50", f"{net}_plain_step_b50"
+        if lmt in d and plain in d:
+            (tl, pl), (tp, pp) = d[lmt], d[plain]
+            if tl and tp:
+                extra = f", PyTorch {pl['ms'] / pp['ms']:.2f}" if pl and pp else ""
+                print(f"LMT step / plain step ({net}, batch 50): lmt-rs {tl['ms'] / tp['ms']:.2f}{extra}")
     print("\n(per_image rows: milliseconds per image, batch of 100 random inputs, untrained model; the PyTorch attacks")
     print("are bench/pytorch/bench.py's mirrors of ours, with frozen parameters so only the input gradient is taken)")
 

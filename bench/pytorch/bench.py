@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models import KolterWong, WideResNet
+from models import FourCThreeF, KolterWong, WideResNet
 
 THREADS = 2
 ALL = [
@@ -21,6 +21,8 @@ ALL = [
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
     "kw_plain_step_b128",
+    "c4f3_plain_step_b50",
+    "c4f3_lmt_step_b50",
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
@@ -166,32 +168,47 @@ def batch(b, c, hw):
     return torch.rand(b, c, hw, hw, generator=g), torch.randint(0, 10, (b,), generator=g)
 
 
+def _layers(model):
+    """The linear maps below the last layer as LMT bounds them (biases left out; activations are
+    1-Lipschitz), each with the shape of its input, and the last layer: what lmt-rs's estimate walks."""
+    if isinstance(model, KolterWong):
+        m = model
+        return [(lambda u: F.conv2d(u, m.conv1.weight, stride=2, padding=1), (1, 1, 28, 28)),
+                (lambda u: F.conv2d(u, m.conv2.weight, stride=2, padding=1), (1, 16, 14, 14)),
+                (lambda u: F.linear(u, m.fc1.weight), (1, 1568))], m.fc2
+    if isinstance(model, FourCThreeF):
+        m = model
+        return [(lambda u: F.conv2d(u, m.conv1.weight, stride=1, padding=1), (1, 1, 28, 28)),
+                (lambda u: F.conv2d(u, m.conv2.weight, stride=2, padding=1), (1, 32, 28, 28)),
+                (lambda u: F.conv2d(u, m.conv3.weight, stride=1, padding=1), (1, 32, 14, 14)),
+                (lambda u: F.conv2d(u, m.conv4.weight, stride=2, padding=1), (1, 64, 14, 14)),
+                (lambda u: F.linear(u, m.fc1.weight), (1, 3136)),
+                (lambda u: F.linear(u, m.fc2.weight), (1, 512))], m.fc3
+    raise SystemExit(f"no LMT layer list for {type(model).__name__}")
+
+
 class PowerLmt:
-    """The LMT part as lmt-rs computes it for the Kolter-Wong CNN: per layer a persistent vector u of the
+    """The LMT part as lmt-rs computes it: per linear layer below the last a persistent vector u of the
     layer's input shape (batch 1), one power-iteration step per update, sigma = ||A u|| / ||u||,
-    L_sub = product of the sigmas below the last layer, Prop. 2 margins c L_sub ||w_i - w_t||."""
+    L_sub = product of the sigmas, Prop. 2 margins c L_sub ||w_i - w_t|| with the last layer's rows."""
 
     def __init__(self, model):
-        self.model = model
-        self.u = [torch.randn(1, 1, 28, 28), torch.randn(1, 16, 14, 14), torch.randn(1, 1568)]
+        self.ops, self.last = _layers(model)
+        self.u = [torch.randn(*shape) for _, shape in self.ops]
 
     def l_sub(self):
-        m = self.model
-        ops = [lambda u: F.conv2d(u, m.conv1.weight, stride=2, padding=1),
-               lambda u: F.conv2d(u, m.conv2.weight, stride=2, padding=1),
-               lambda u: F.linear(u, m.fc1.weight)]
-        sig = []
-        for i, op in enumerate(ops):
+        l_sub = 1.0
+        for i, (op, _) in enumerate(self.ops):
             u = self.u[i].detach().requires_grad_(True)
             un = u / u.norm()
             s = op(un).norm()
-            sig.append(s)
+            l_sub = l_sub * s
             g, = torch.autograd.grad(s * s, u, retain_graph=True)
             self.u[i] = g.detach()
-        return sig[0] * sig[1] * sig[2]
+        return l_sub
 
     def logits(self, z, y, c=1.0):
-        w = self.model.fc2.weight
+        w = self.last.weight
         diff = (w.unsqueeze(0) - w[y].unsqueeze(1)).norm(dim=2)  # (B, K)
         return z + c * self.l_sub() * diff * (1 - F.one_hot(y, 10))
 
@@ -241,6 +258,8 @@ def run(name):
         return train_step(KolterWong(), 50, 1, 28, lmt=True)
     if name == "kw_plain_step_b128":
         return train_step(KolterWong(), 128, 1, 28)
+    if name in ("c4f3_plain_step_b50", "c4f3_lmt_step_b50"):
+        return train_step(FourCThreeF("minmax"), 50, 1, 28, lmt=name == "c4f3_lmt_step_b50")
     if name == "kw_inference_b1000":
         return inference(KolterWong(), 1000, 1, 28)
     if name == "wrn_train_step_b32":

@@ -1,4 +1,5 @@
-//! The workloads of issue 6, timed on this machine: training steps (plain, LMT, adversarial), inference,
+//! The workloads of issue 6, timed on this machine: training steps (plain, LMT, adversarial; the
+//! Kolter-Wong CNN, 4C3F and wide ResNets), inference,
 //! attacks per image, the certified bound of a whole network and certification of 10,000 inputs, on
 //! random inputs. `cargo bench -p experiments --bench workloads [-- NAME...]`
 //! prints one JSON line per workload: median milliseconds per step (or per image for attacks) and the
@@ -13,18 +14,22 @@ use lmt_core::{
     certify_prop2, certify_prop2_guarded, cross_entropy, lmt_logits_prop2, CertifiedBound,
     LipEstimate, PowerVectors,
 };
-use lmt_models::{CertifyMethod, Classifier, Ctx, KolterWong, Lip, WideResNet, WideResNetCfg};
+use lmt_models::{
+    Act, CertifyMethod, Classifier, Ctx, FourCThreeF, KolterWong, Lip, WideResNet, WideResNetCfg,
+};
 use lmt_train::{Optimizer, OptimizerConfig};
 use rand::{Rng, SeedableRng};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const ALL: [&str; 18] = [
+const ALL: [&str; 20] = [
     "gemm_peak",
     "kw_plain_step_b50",
     "kw_lmt_step_b50",
     "kw_at_cw30_step_b50",
     "kw_plain_step_b128",
+    "c4f3_plain_step_b50",
+    "c4f3_lmt_step_b50",
     "kw_inference_b1000",
     "wrn_train_step_b32",
     "wrn_inference_b128",
@@ -169,10 +174,12 @@ fn flop(name: &str) -> Res<Option<f64>> {
     let kw = || -> Res<f64> { forward_macs(&KolterWong::new(&vm, 0, &dev)?) };
     let wrn =
         || -> Res<f64> { forward_macs(&WideResNet::new(WideResNetCfg::default(), &vm, 0, &dev)?) };
+    let c4f3 = || -> Res<f64> { forward_macs(&FourCThreeF::new(&vm, 0, Act::MinMax, &dev)?) };
     let macs = match name {
         "gemm_peak" => (PEAK_N as f64).powi(3),
         "kw_plain_step_b50" | "kw_lmt_step_b50" => 3.0 * 50.0 * kw()?,
         "kw_plain_step_b128" => 3.0 * 128.0 * kw()?,
+        "c4f3_plain_step_b50" | "c4f3_lmt_step_b50" => 3.0 * 50.0 * c4f3()?,
         "kw_at_cw30_step_b50" => (30.0 * 2.0 + 3.0) * 50.0 * kw()?,
         "kw_inference_b1000" => 1000.0 * kw()?,
         "wrn_train_step_b32" => 3.0 * 32.0 * wrn()?,
@@ -233,6 +240,11 @@ fn run(name: &str) -> Res<f64> {
             })
         }
         "kw_plain_step_b128" => train_step(&KolterWong::new(&vm, 0, &dev)?, &vm, 128, 1, 28, false),
+        // The modern yardstick's larger MNIST network, with MinMax as `modern_4c3f_lmt` trains it.
+        "c4f3_plain_step_b50" | "c4f3_lmt_step_b50" => {
+            let m = FourCThreeF::new(&vm, 0, Act::MinMax, &dev)?;
+            train_step(&m, &vm, 50, 1, 28, name == "c4f3_lmt_step_b50")
+        }
         "wrn_train_step_b32" => {
             let m = WideResNet::new(WideResNetCfg::default(), &vm, 0, &dev)?;
             train_step(&m, &vm, 32, 3, 32, false)
