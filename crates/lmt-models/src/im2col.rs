@@ -10,6 +10,8 @@
 //! gemms over fixed groups of images in a fixed order (bit-identical for any thread count). Each gradient
 //! is computed only when its operand is tracked: the images of a training batch get none. Zero padding is
 //! part of the gather, which also sidesteps candle's missing output padding in strided backward passes.
+//! The gather copies long stride-1 rows straight from the image and everything else through a padded,
+//! phase-split copy of it ([`Gather`]), where each row of the patch matrix is one contiguous read.
 //! Second derivatives through the convolution are not supported (nothing in lmt-rs takes them).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -245,13 +247,109 @@ impl Patches {
     fn pixels(&self) -> usize {
         self.out_h() * self.out_w()
     }
-    /// The patch matrix (patch entry, output pixel) of one image, written into `cols` where the entries
-    /// read the image. The entries that read the zero padding are left as they are: `cols` must hold
-    /// zeros there, as a zeroed scratch does, and keeps doing after gathers of the same geometry (no
-    /// second pass over the whole matrix per image).
-    fn gather(&self, img: &[f32], cols: &mut [f32]) {
-        let s = self.stride.1;
-        self.for_each_run(|c, i, n| {
+}
+
+/// Entries a [`Gather`] may read or write past the end of a row: rows are copied 8 entries at a time.
+const SLACK: usize = 8;
+
+/// The zero-padded input of one image as a [`Gather`] reads it: per channel `hp` rows of `wp` entries
+/// (only what the kernel reaches), each row stored as its column phases modulo the column stride
+/// (columns p, p + s, p + 2s, ... side by side), so that every row of the patch matrix is one contiguous
+/// read whatever the stride.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Padded {
+    hp: usize,
+    wp: usize,
+    /// Where each column phase starts within a row.
+    phase_start: Vec<usize>,
+    /// Where each copied input column lands within its row.
+    col_at: Vec<usize>,
+    /// Input rows copied (those the kernel reaches).
+    rows: usize,
+}
+
+impl Padded {
+    fn new(p: &Patches) -> Self {
+        let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
+        let hp = (p.out_h - 1) * sh + (p.kh - 1) * dh + 1;
+        let wp = (p.out_w - 1) * sw + (p.kw - 1) * dw + 1;
+        let mut phase_start = vec![0; sw];
+        for q in 1..sw {
+            phase_start[q] = phase_start[q - 1] + wp.saturating_sub(q - 1).div_ceil(sw);
+        }
+        let col_at = (0..p.w.min(wp.saturating_sub(pl)))
+            .map(|iw| phase_start[(iw + pl) % sw] + (iw + pl) / sw)
+            .collect();
+        Padded {
+            hp,
+            wp,
+            phase_start,
+            col_at,
+            rows: p.h.min(hp.saturating_sub(pt)),
+        }
+    }
+
+    fn len(&self, channels: usize) -> usize {
+        channels * self.hp * self.wp + SLACK
+    }
+}
+
+/// Writes the patch matrix (patch entry, output pixel) of one image into a per-thread scratch, by one
+/// of two routes with the same result: copying runs straight from the image where rows are long and
+/// contiguous (stride 1, more than 8 outputs per row), else through a [`Padded`] copy of the image, from
+/// which each row of the matrix is one 8-at-a-time copy (strided or short rows: one scalar run per row
+/// segment cost several times more there).
+struct Gather {
+    p: Patches,
+    padded: Option<Padded>,
+}
+
+impl Gather {
+    fn new(p: Patches) -> Self {
+        let direct = p.stride.1 == 1 && p.out_w > SLACK;
+        Self::with_route(p, !direct)
+    }
+
+    fn with_route(p: Patches, padded: bool) -> Self {
+        Gather {
+            padded: padded.then(|| Padded::new(&p)),
+            p,
+        }
+    }
+
+    fn cols_len(&self) -> usize {
+        self.p.patch_len() * self.p.pixels()
+    }
+
+    /// Floats of scratch one thread needs, zeroed before its first image.
+    fn scratch_len(&self) -> usize {
+        self.cols_len()
+            + match &self.padded {
+                Some(pd) => SLACK + pd.len(self.p.channels),
+                None => 0,
+            }
+    }
+
+    /// The patch matrix of `img`, in the front of `scratch`. `scratch` must be zeroed before the first
+    /// image and then hold only what earlier gathers of this geometry left there: the entries that read
+    /// the zero padding (the matrix's on the direct route, the padded copy's otherwise) are written
+    /// once, by the zeroing, not per image.
+    fn run<'s>(&self, img: &[f32], scratch: &'s mut [f32]) -> &'s [f32] {
+        let n = self.cols_len();
+        match &self.padded {
+            None => self.direct(img, &mut scratch[..n]),
+            Some(pd) => {
+                let (cols, padded) = scratch.split_at_mut(n + SLACK);
+                self.fill_padded(pd, img, padded);
+                self.rows_from_padded(pd, padded, cols);
+            }
+        }
+        &scratch[..n]
+    }
+
+    fn direct(&self, img: &[f32], cols: &mut [f32]) {
+        let s = self.p.stride.1;
+        self.p.for_each_run(|c, i, n| {
             if s == 1 {
                 cols[c..c + n].copy_from_slice(&img[i..i + n]);
             } else {
@@ -262,6 +360,81 @@ impl Patches {
                     .for_each(|(d, v)| *d = *v);
             }
         });
+    }
+
+    /// Copies the input rows and columns the kernel reaches into their places in `padded`.
+    fn fill_padded(&self, pd: &Padded, img: &[f32], padded: &mut [f32]) {
+        let p = &self.p;
+        let (sw, pt) = (p.stride.1, p.pad.0);
+        let n = pd.col_at.len();
+        if n == 0 {
+            return;
+        }
+        for c in 0..p.channels {
+            for ih in 0..pd.rows {
+                let src = &img[(c * p.h + ih) * p.w..][..n];
+                let row = &mut padded[(c * pd.hp + ih + pt) * pd.wp..][..pd.wp];
+                match sw {
+                    1 => row[pd.col_at[0]..pd.col_at[0] + n].copy_from_slice(src),
+                    // Two phases filled side by side from column pairs (vectorises, unlike a
+                    // strided store per entry).
+                    2 if n >= 2 => {
+                        let (a, b) = (pd.col_at[0], pd.col_at[1]);
+                        let (first, second) = row.split_at_mut(a.max(b));
+                        let (x, y) = (&mut first[a.min(b)..], &mut second[..n / 2]);
+                        let (even, odd) = if a < b { (x, y) } else { (y, x) };
+                        for ((e, o), pair) in even.iter_mut().zip(odd).zip(src.chunks_exact(2)) {
+                            *e = pair[0];
+                            *o = pair[1];
+                        }
+                        if n % 2 == 1 {
+                            row[pd.col_at[n - 1]] = src[n - 1];
+                        }
+                    }
+                    _ => {
+                        for (v, &at) in src.iter().zip(&pd.col_at) {
+                            row[at] = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row y of patch entry (c, i, j) is `out_w` consecutive entries of `padded`'s row y sh + i dh,
+    /// column phase (j dw) mod sw. Rows are written in order, 8 entries at a time: what a copy writes
+    /// past a row's end lies in a later row, rewritten after, or in the slack after the matrix.
+    fn rows_from_padded(&self, pd: &Padded, padded: &[f32], cols: &mut [f32]) {
+        let p = &self.p;
+        let ((sh, sw), (dh, dw)) = (p.stride, p.dilation);
+        let (oh, ow, px) = (p.out_h(), p.out_w(), p.pixels());
+        let width = ow.div_ceil(SLACK) * SLACK;
+        let mut entry = 0;
+        for c in 0..p.channels {
+            for i in 0..p.kh {
+                for j in 0..p.kw {
+                    let src =
+                        (c * pd.hp + i * dh) * pd.wp + pd.phase_start[(j * dw) % sw] + j * dw / sw;
+                    let dst = entry * px;
+                    assert!(src + (oh - 1) * sh * pd.wp + width <= padded.len());
+                    assert!(dst + (oh - 1) * ow + width <= cols.len());
+                    // SAFETY: the asserts bound the last (farthest) row's reads and writes, `width`
+                    // entries from its start; every earlier row starts before it. `padded` and `cols`
+                    // are distinct borrows.
+                    unsafe {
+                        let (mut s, mut d) = (padded.as_ptr().add(src), cols.as_mut_ptr().add(dst));
+                        for _ in 0..oh {
+                            for k in (0..width).step_by(SLACK) {
+                                std::ptr::copy_nonoverlapping(s.add(k), d.add(k), SLACK);
+                            }
+                            s = s.add(sh * pd.wp);
+                            d = d.add(ow);
+                        }
+                    }
+                    entry += 1;
+                }
+            }
+        }
     }
 }
 
@@ -283,11 +456,19 @@ impl CustomOp2 for ConvFwd {
         let c_out = kernel.len() / k.max(1);
         let mut y = vec![0f32; p.batch * c_out * px];
         let n = p.image_len();
-        for_each_chunk(&mut y, c_out * px, px * k, c_out * px * k, |b, yb, cols| {
-            p.gather(&x[b * n..(b + 1) * n], cols);
-            let w = Mat::rows(kernel, k);
-            sgemm(c_out, px, k, yb, false, w, Mat::rows(cols, px));
-        });
+        let gather = Gather::new(p);
+        let scratch = gather.scratch_len();
+        for_each_chunk(
+            &mut y,
+            c_out * px,
+            scratch,
+            c_out * px * k,
+            |b, yb, scratch| {
+                let cols = gather.run(&x[b * n..(b + 1) * n], scratch);
+                let w = Mat::rows(kernel, k);
+                sgemm(c_out, px, k, yb, false, w, Mat::rows(cols, px));
+            },
+        );
         let shape = Shape::from((p.batch, c_out, p.out_h(), p.out_w()));
         Ok((CpuStorage::F32(y), shape))
     }
@@ -390,16 +571,24 @@ impl CustomOp2 for ConvBwdKernel {
         let groups = p.batch.div_ceil(per_group);
         let mut partials = vec![0f32; groups * c_out * k];
         let work = per_group * c_out * px * k;
-        for_each_chunk(&mut partials, c_out * k, px * k, work, |g, acc, cols| {
-            let start = g * per_group;
-            for b in start..(start + per_group).min(p.batch) {
-                p.gather(&x[b * p.image_len()..(b + 1) * p.image_len()], cols);
-                let gyb = &gy[b * c_out * px..(b + 1) * c_out * px];
-                let lhs = Mat::rows(gyb, px);
-                let rhs = Mat::transposed(cols, px); // (px x k)
-                sgemm(c_out, k, px, acc, b > start, lhs, rhs);
-            }
-        });
+        let gather = Gather::new(p);
+        let scratch = gather.scratch_len();
+        for_each_chunk(
+            &mut partials,
+            c_out * k,
+            scratch,
+            work,
+            |g, acc, scratch| {
+                let start = g * per_group;
+                for b in start..(start + per_group).min(p.batch) {
+                    let cols = gather.run(&x[b * p.image_len()..(b + 1) * p.image_len()], scratch);
+                    let gyb = &gy[b * c_out * px..(b + 1) * c_out * px];
+                    let lhs = Mat::rows(gyb, px);
+                    let rhs = Mat::transposed(cols, px); // (px x k)
+                    sgemm(c_out, k, px, acc, b > start, lhs, rhs);
+                }
+            },
+        );
         let mut total = vec![0f32; c_out * k];
         for part in partials.chunks(c_out * k) {
             for (t, v) in total.iter_mut().zip(part) {
@@ -498,7 +687,7 @@ mod tests {
             .flat_map(|h| (1..7).map(move |w| (h, w)))
             .flat_map(|(h, w)| (1..4).flat_map(move |kh| (1..4).map(move |kw| (h, w, kh, kw))))
         {
-            for (stride, dilation, pads) in [(1, 1), (1, 2), (2, 1)]
+            for (stride, dilation, pads) in [(1, 1), (1, 2), (2, 1), (2, 2), (3, 3)]
                 .into_iter()
                 .flat_map(|s| [(1, 1), (2, 1), (1, 2)].map(|d| (s, d)))
                 .flat_map(|(s, d)| [[0, 0, 0, 0], [1, 1, 1, 1], [2, 1, 0, 2]].map(|p| (s, d, p)))
@@ -514,23 +703,32 @@ mod tests {
                 };
                 let img: Vec<f32> = (0..p.image_len()).map(|v| v as f32 + 1.0).collect();
                 let (ow, px) = (p.out_w(), p.pixels());
-                // A scratch reused as the convolutions reuse theirs: zeroed, then a first image.
-                let mut cols = vec![0f32; p.patch_len() * px];
-                p.gather(&vec![f32::NAN; p.image_len()], &mut cols);
-                p.gather(&img, &mut cols);
+                // Both routes, each on a scratch reused as the convolutions reuse theirs: zeroed,
+                // then a first image (NaN, which must not survive where the padding is read).
                 let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
-                for (e, row) in cols.chunks(px).enumerate() {
-                    let (c, i, j) = (e / (kh * kw), e / kw % kh, e % kw);
-                    for (q, &got) in row.iter().enumerate() {
-                        let ih = ((q / ow) * sh + i * dh) as isize - pt as isize;
-                        let iw = ((q % ow) * sw + j * dw) as isize - pl as isize;
-                        let inside = (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
-                        let want = if inside {
-                            img[(c * h + ih as usize) * w + iw as usize]
-                        } else {
-                            0.0
-                        };
-                        assert_eq!(got.to_bits(), want.to_bits(), "{p:?} entry {e} pixel {q}");
+                for route in [false, true] {
+                    let gather = Gather::with_route(p, route);
+                    let mut scratch = vec![0f32; gather.scratch_len()];
+                    gather.run(&vec![f32::NAN; p.image_len()], &mut scratch);
+                    let cols = gather.run(&img, &mut scratch);
+                    for (e, row) in cols.chunks(px).enumerate() {
+                        let (c, i, j) = (e / (kh * kw), e / kw % kh, e % kw);
+                        for (q, &got) in row.iter().enumerate() {
+                            let ih = ((q / ow) * sh + i * dh) as isize - pt as isize;
+                            let iw = ((q % ow) * sw + j * dw) as isize - pl as isize;
+                            let inside =
+                                (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
+                            let want = if inside {
+                                img[(c * h + ih as usize) * w + iw as usize]
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{p:?} route {route} entry {e} pixel {q}"
+                            );
+                        }
                     }
                 }
                 padded += usize::from(pl > 0 && pt > 0);
