@@ -292,6 +292,127 @@ impl Padded {
     fn len(&self, channels: usize) -> usize {
         channels * self.hp * self.wp + SLACK
     }
+
+    /// Calls `f(image row, padded row)` for every input row the kernel reaches: where the row starts in
+    /// one image and where its padded row starts in the padded buffer.
+    fn for_each_row(&self, p: &Patches, mut f: impl FnMut(usize, usize)) {
+        for c in 0..p.channels {
+            for ih in 0..self.rows {
+                f((c * p.h + ih) * p.w, (c * self.hp + ih + p.pad.0) * self.wp);
+            }
+        }
+    }
+
+    /// Where image columns 0 and 1 land in a row with column stride 2: image column 2t goes to
+    /// `a + t` and 2t + 1 to `b + t` (two phases, each contiguous), so a row moves as column pairs,
+    /// which vectorises, unlike a strided access per entry.
+    fn pair_starts(&self, sw: usize) -> Option<(usize, usize)> {
+        (sw == 2 && self.col_at.len() >= 2).then(|| (self.col_at[0], self.col_at[1]))
+    }
+
+    /// Copies the input rows and columns the kernel reaches into their places in `buf`.
+    fn copy_in(&self, p: &Patches, img: &[f32], buf: &mut [f32]) {
+        let (n, sw) = (self.col_at.len(), p.stride.1);
+        if n == 0 {
+            return;
+        }
+        self.for_each_row(p, |at, row| {
+            let (src, row) = (&img[at..at + n], &mut buf[row..row + self.wp]);
+            if sw == 1 {
+                row[self.col_at[0]..self.col_at[0] + n].copy_from_slice(src);
+            } else if let Some((a, b)) = self.pair_starts(sw) {
+                let (first, second) = row.split_at_mut(a.max(b));
+                let (x, y) = (&mut first[a.min(b)..], &mut second[..n / 2]);
+                let (even, odd) = if a < b { (x, y) } else { (y, x) };
+                for ((e, o), pair) in even.iter_mut().zip(odd).zip(src.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if n % 2 == 1 {
+                    row[self.col_at[n - 1]] = src[n - 1];
+                }
+            } else {
+                for (v, &at) in src.iter().zip(&self.col_at) {
+                    row[at] = *v;
+                }
+            }
+        });
+    }
+
+    /// The inverse of [`Padded::copy_in`]: the input rows and columns the kernel reaches, from their
+    /// places in `buf` into `img` (the others are left as they are).
+    fn copy_out(&self, p: &Patches, buf: &[f32], img: &mut [f32]) {
+        let (n, sw) = (self.col_at.len(), p.stride.1);
+        if n == 0 {
+            return;
+        }
+        self.for_each_row(p, |at, row| {
+            let (dst, row) = (&mut img[at..at + n], &buf[row..row + self.wp]);
+            if sw == 1 {
+                dst.copy_from_slice(&row[self.col_at[0]..self.col_at[0] + n]);
+            } else if let Some((a, b)) = self.pair_starts(sw) {
+                let (even, odd) = (&row[a..a + n / 2], &row[b..b + n / 2]);
+                for ((pair, e), o) in dst.chunks_exact_mut(2).zip(even).zip(odd) {
+                    pair[0] = *e;
+                    pair[1] = *o;
+                }
+                if n % 2 == 1 {
+                    dst[n - 1] = row[self.col_at[n - 1]];
+                }
+            } else {
+                for (d, &at) in dst.iter_mut().zip(&self.col_at) {
+                    *d = row[at];
+                }
+            }
+        });
+    }
+
+    /// col2im: adds every entry of the patch-matrix gradient `gcols` to the input pixel it read, and
+    /// writes the sums of the pixels the kernel reaches into `img`. Each pixel's terms are added in the
+    /// order of kernel column, then kernel row, to a +0 (so no sum is ever -0, and adding +0 changes
+    /// nothing): rows are added 8 entries at a time into `buf`, a zero-padded, phase-split image like
+    /// [`Gather`]'s, with the entries past a row's end masked to +0.
+    fn scatter(&self, p: &Patches, gcols: &[f32], buf: &mut [f32], img: &mut [f32]) {
+        let ((sh, sw), (dh, dw)) = (p.stride, p.dilation);
+        let (oh, ow, px) = (p.out_h(), p.out_w(), p.pixels());
+        let width = ow.div_ceil(SLACK) * SLACK;
+        let keep: [u32; SLACK] =
+            std::array::from_fn(|l| if width - SLACK + l < ow { u32::MAX } else { 0 });
+        let used = p.channels * self.hp * self.wp;
+        buf[..used].fill(0.0);
+        for j in 0..p.kw {
+            let phase = self.phase_start[(j * dw) % sw] + j * dw / sw;
+            for c in 0..p.channels {
+                for i in 0..p.kh {
+                    let src = ((c * p.kh + i) * p.kw + j) * px;
+                    let dst = (c * self.hp + i * dh) * self.wp + phase;
+                    assert!(src + (oh - 1) * ow + width <= gcols.len());
+                    assert!(dst + (oh - 1) * sh * self.wp + width <= buf.len());
+                    // SAFETY: the asserts bound the last (farthest) row's reads and writes, `width`
+                    // entries from its start; every earlier row starts before it. `gcols` and `buf`
+                    // are distinct borrows; unaligned reads and writes of [f32; 8] need no alignment.
+                    unsafe {
+                        let (mut g, mut d) = (gcols.as_ptr().add(src), buf.as_mut_ptr().add(dst));
+                        for _ in 0..oh {
+                            for k in (0..width).step_by(SLACK) {
+                                let last = k + SLACK == width;
+                                let a = d.add(k).cast::<[f32; SLACK]>().read_unaligned();
+                                let v = g.add(k).cast::<[f32; SLACK]>().read_unaligned();
+                                let sum: [f32; SLACK] = std::array::from_fn(|l| {
+                                    let m = if last { keep[l] } else { u32::MAX };
+                                    a[l] + f32::from_bits(v[l].to_bits() & m)
+                                });
+                                d.add(k).cast::<[f32; SLACK]>().write_unaligned(sum);
+                            }
+                            g = g.add(ow);
+                            d = d.add(sh * self.wp);
+                        }
+                    }
+                }
+            }
+        }
+        self.copy_out(p, buf, img);
+    }
 }
 
 /// Writes the patch matrix (patch entry, output pixel) of one image into a per-thread scratch, by one
@@ -340,7 +461,7 @@ impl Gather {
             None => self.direct(img, &mut scratch[..n]),
             Some(pd) => {
                 let (cols, padded) = scratch.split_at_mut(n + SLACK);
-                self.fill_padded(pd, img, padded);
+                pd.copy_in(&self.p, img, padded);
                 self.rows_from_padded(pd, padded, cols);
             }
         }
@@ -360,45 +481,6 @@ impl Gather {
                     .for_each(|(d, v)| *d = *v);
             }
         });
-    }
-
-    /// Copies the input rows and columns the kernel reaches into their places in `padded`.
-    fn fill_padded(&self, pd: &Padded, img: &[f32], padded: &mut [f32]) {
-        let p = &self.p;
-        let (sw, pt) = (p.stride.1, p.pad.0);
-        let n = pd.col_at.len();
-        if n == 0 {
-            return;
-        }
-        for c in 0..p.channels {
-            for ih in 0..pd.rows {
-                let src = &img[(c * p.h + ih) * p.w..][..n];
-                let row = &mut padded[(c * pd.hp + ih + pt) * pd.wp..][..pd.wp];
-                match sw {
-                    1 => row[pd.col_at[0]..pd.col_at[0] + n].copy_from_slice(src),
-                    // Two phases filled side by side from column pairs (vectorises, unlike a
-                    // strided store per entry).
-                    2 if n >= 2 => {
-                        let (a, b) = (pd.col_at[0], pd.col_at[1]);
-                        let (first, second) = row.split_at_mut(a.max(b));
-                        let (x, y) = (&mut first[a.min(b)..], &mut second[..n / 2]);
-                        let (even, odd) = if a < b { (x, y) } else { (y, x) };
-                        for ((e, o), pair) in even.iter_mut().zip(odd).zip(src.chunks_exact(2)) {
-                            *e = pair[0];
-                            *o = pair[1];
-                        }
-                        if n % 2 == 1 {
-                            row[pd.col_at[n - 1]] = src[n - 1];
-                        }
-                    }
-                    _ => {
-                        for (v, &at) in src.iter().zip(&pd.col_at) {
-                            row[at] = *v;
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Row y of patch entry (c, i, j) is `out_w` consecutive entries of `padded`'s row y sh + i dh,
@@ -519,12 +601,15 @@ impl CustomOp2 for ConvBwdInput {
         let c_out = kernel.len() / k.max(1);
         let mut gx = vec![0f32; p.batch * p.image_len()];
         let n = c_out * px;
+        let padded = Padded::new(&p);
+        let cols = px * k + SLACK;
         for_each_chunk(
             &mut gx,
             p.image_len(),
-            px * k,
+            cols + padded.len(p.channels),
             c_out * px * k,
-            |b, img, gcols| {
+            |b, img, scratch| {
+                let (gcols, buf) = scratch.split_at_mut(cols);
                 let wt = Mat::transposed(kernel, k); // (k x c_out)
                 sgemm(
                     k,
@@ -535,16 +620,7 @@ impl CustomOp2 for ConvBwdInput {
                     wt,
                     Mat::rows(&gy[b * n..(b + 1) * n], px),
                 );
-                let s = p.stride.1;
-                p.for_each_run(|c, i, n| {
-                    if s == 1 {
-                        let dst = img[i..i + n].iter_mut();
-                        dst.zip(&gcols[c..c + n]).for_each(|(d, g)| *d += g);
-                    } else {
-                        let dst = img[i..=i + (n - 1) * s].iter_mut().step_by(s);
-                        dst.zip(&gcols[c..c + n]).for_each(|(d, g)| *d += g);
-                    }
-                });
+                padded.scatter(&p, gcols, buf, img);
             },
         );
         let shape = Shape::from((p.batch, p.channels, p.h, p.w));
@@ -735,6 +811,75 @@ mod tests {
             }
         }
         assert!(padded > 100, "{padded} padded cases");
+    }
+
+    /// col2im adds every patch-matrix entry to the pixel it read, bit for bit as the definition in the
+    /// order kernel column, channel, kernel row, output row (signed zeros, NaN and infinities among the
+    /// terms), whatever the scratch held before, on every small geometry.
+    #[test]
+    fn scatter_adds_each_entry_to_the_pixel_it_read() {
+        let special = [-0.0, 0.0, f32::INFINITY, f32::NAN, -1e-45, 3e38];
+        let mut cases = 0;
+        for (h, w, kh, kw) in (1..7)
+            .flat_map(|h| (1..7).map(move |w| (h, w)))
+            .flat_map(|(h, w)| (1..4).flat_map(move |kh| (1..4).map(move |kw| (h, w, kh, kw))))
+        {
+            for (stride, dilation, pads) in [(1, 1), (1, 2), (2, 1), (2, 2), (3, 3)]
+                .into_iter()
+                .flat_map(|s| [(1, 1), (2, 1), (1, 2)].map(|d| (s, d)))
+                .flat_map(|(s, d)| [[0, 0, 0, 0], [1, 1, 1, 1], [2, 1, 0, 2]].map(|p| (s, d, p)))
+            {
+                let cfg = ConvCfg {
+                    stride,
+                    pads,
+                    dilation,
+                    groups: 1,
+                };
+                let Some(p) = Patches::new((1, 2, h, w), kh, kw, &cfg) else {
+                    continue;
+                };
+                let (oh, ow, px) = (p.out_h(), p.out_w(), p.pixels());
+                let n = p.patch_len() * px;
+                // Terms of mixed sign and size, a few special values, then NaN in the slack.
+                let mut gcols: Vec<f32> = (0..n)
+                    .map(|v| match v % 11 {
+                        3 => special[v / 11 % special.len()],
+                        r => (r as f32 - 5.0) * 0.1f32.powi((v % 7) as i32),
+                    })
+                    .collect();
+                gcols.extend([f32::NAN; SLACK]);
+                let mut want = vec![0f32; p.image_len()];
+                let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
+                for j in 0..kw {
+                    for c in 0..2 {
+                        for i in 0..kh {
+                            for y in 0..oh {
+                                for x in 0..ow {
+                                    let ih = (y * sh + i * dh) as isize - pt as isize;
+                                    let iw = (x * sw + j * dw) as isize - pl as isize;
+                                    if (0..h as isize).contains(&ih)
+                                        && (0..w as isize).contains(&iw)
+                                    {
+                                        let e = (c * kh + i) * kw + j;
+                                        want[(c * h + ih as usize) * w + iw as usize] +=
+                                            gcols[e * px + y * ow + x];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                let padded = Padded::new(&p);
+                let mut buf = vec![f32::NAN; padded.len(2)];
+                let mut got = vec![0f32; p.image_len()];
+                padded.scatter(&p, &gcols, &mut buf, &mut got);
+                for (q, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{p:?} pixel {q}: {g} against {w}");
+                }
+                cases += 1;
+            }
+        }
+        assert!(cases > 1000, "{cases} cases");
     }
 
     /// The convolution's gemm under portable numerics sums a 1024-deep product in two 512-deep passes
