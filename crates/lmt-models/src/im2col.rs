@@ -754,11 +754,10 @@ fn candle_conv2d(x: &Tensor, weight: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
 mod tests {
     use super::*;
 
-    /// The patch matrix equals its definition bit for bit on every small geometry (strides, dilations,
-    /// uneven pads): each entry is the input pixel it reads, or 0 in the padding.
-    #[test]
-    fn gather_writes_the_patch_matrix_of_its_definition() {
-        let mut padded = 0;
+    /// Every small geometry of a 2-channel image: sizes 1-6, kernels 1-3, strides 1, 2 and 3 in each
+    /// direction, dilations, no, even and uneven pads (those whose kernel fits the padded input).
+    fn small_geometries() -> Vec<Patches> {
+        let mut all = Vec::new();
         for (h, w, kh, kw) in (1..7)
             .flat_map(|h| (1..7).map(move |w| (h, w)))
             .flat_map(|(h, w)| (1..4).flat_map(move |kh| (1..4).map(move |kw| (h, w, kh, kw))))
@@ -774,41 +773,49 @@ mod tests {
                     dilation,
                     groups: 1,
                 };
-                let Some(p) = Patches::new((1, 2, h, w), kh, kw, &cfg) else {
-                    continue;
-                };
-                let img: Vec<f32> = (0..p.image_len()).map(|v| v as f32 + 1.0).collect();
-                let (ow, px) = (p.out_w(), p.pixels());
-                // Both routes, each on a scratch reused as the convolutions reuse theirs: zeroed,
-                // then a first image (NaN, which must not survive where the padding is read).
-                let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
-                for route in [false, true] {
-                    let gather = Gather::with_route(p, route);
-                    let mut scratch = vec![0f32; gather.scratch_len()];
-                    gather.run(&vec![f32::NAN; p.image_len()], &mut scratch);
-                    let cols = gather.run(&img, &mut scratch);
-                    for (e, row) in cols.chunks(px).enumerate() {
-                        let (c, i, j) = (e / (kh * kw), e / kw % kh, e % kw);
-                        for (q, &got) in row.iter().enumerate() {
-                            let ih = ((q / ow) * sh + i * dh) as isize - pt as isize;
-                            let iw = ((q % ow) * sw + j * dw) as isize - pl as isize;
-                            let inside =
-                                (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
-                            let want = if inside {
-                                img[(c * h + ih as usize) * w + iw as usize]
-                            } else {
-                                0.0
-                            };
-                            assert_eq!(
-                                got.to_bits(),
-                                want.to_bits(),
-                                "{p:?} route {route} entry {e} pixel {q}"
-                            );
-                        }
+                all.extend(Patches::new((1, 2, h, w), kh, kw, &cfg));
+            }
+        }
+        all
+    }
+
+    /// The patch matrix equals its definition bit for bit on every small geometry (strides, dilations,
+    /// uneven pads): each entry is the input pixel it reads, or 0 in the padding.
+    #[test]
+    fn gather_writes_the_patch_matrix_of_its_definition() {
+        let mut padded = 0;
+        for p in small_geometries() {
+            let (h, w, kh, kw) = (p.h, p.w, p.kh, p.kw);
+            let img: Vec<f32> = (0..p.image_len()).map(|v| v as f32 + 1.0).collect();
+            let (ow, px) = (p.out_w(), p.pixels());
+            // Both routes, each on a scratch reused as the convolutions reuse theirs: zeroed,
+            // then a first image (NaN, which must not survive where the padding is read).
+            let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
+            for route in [false, true] {
+                let gather = Gather::with_route(p, route);
+                let mut scratch = vec![0f32; gather.scratch_len()];
+                gather.run(&vec![f32::NAN; p.image_len()], &mut scratch);
+                let cols = gather.run(&img, &mut scratch);
+                for (e, row) in cols.chunks(px).enumerate() {
+                    let (c, i, j) = (e / (kh * kw), e / kw % kh, e % kw);
+                    for (q, &got) in row.iter().enumerate() {
+                        let ih = ((q / ow) * sh + i * dh) as isize - pt as isize;
+                        let iw = ((q % ow) * sw + j * dw) as isize - pl as isize;
+                        let inside = (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
+                        let want = if inside {
+                            img[(c * h + ih as usize) * w + iw as usize]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{p:?} route {route} entry {e} pixel {q}"
+                        );
                     }
                 }
-                padded += usize::from(pl > 0 && pt > 0);
             }
+            padded += usize::from(pl > 0 && pt > 0);
         }
         assert!(padded > 100, "{padded} padded cases");
     }
@@ -820,64 +827,45 @@ mod tests {
     fn scatter_adds_each_entry_to_the_pixel_it_read() {
         let special = [-0.0, 0.0, f32::INFINITY, f32::NAN, -1e-45, 3e38];
         let mut cases = 0;
-        for (h, w, kh, kw) in (1..7)
-            .flat_map(|h| (1..7).map(move |w| (h, w)))
-            .flat_map(|(h, w)| (1..4).flat_map(move |kh| (1..4).map(move |kw| (h, w, kh, kw))))
-        {
-            for (stride, dilation, pads) in [(1, 1), (1, 2), (2, 1), (2, 2), (3, 3)]
-                .into_iter()
-                .flat_map(|s| [(1, 1), (2, 1), (1, 2)].map(|d| (s, d)))
-                .flat_map(|(s, d)| [[0, 0, 0, 0], [1, 1, 1, 1], [2, 1, 0, 2]].map(|p| (s, d, p)))
-            {
-                let cfg = ConvCfg {
-                    stride,
-                    pads,
-                    dilation,
-                    groups: 1,
-                };
-                let Some(p) = Patches::new((1, 2, h, w), kh, kw, &cfg) else {
-                    continue;
-                };
-                let (oh, ow, px) = (p.out_h(), p.out_w(), p.pixels());
-                let n = p.patch_len() * px;
-                // Terms of mixed sign and size, a few special values, then NaN in the slack.
-                let mut gcols: Vec<f32> = (0..n)
-                    .map(|v| match v % 11 {
-                        3 => special[v / 11 % special.len()],
-                        r => (r as f32 - 5.0) * 0.1f32.powi((v % 7) as i32),
-                    })
-                    .collect();
-                gcols.extend([f32::NAN; SLACK]);
-                let mut want = vec![0f32; p.image_len()];
-                let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
-                for j in 0..kw {
-                    for c in 0..2 {
-                        for i in 0..kh {
-                            for y in 0..oh {
-                                for x in 0..ow {
-                                    let ih = (y * sh + i * dh) as isize - pt as isize;
-                                    let iw = (x * sw + j * dw) as isize - pl as isize;
-                                    if (0..h as isize).contains(&ih)
-                                        && (0..w as isize).contains(&iw)
-                                    {
-                                        let e = (c * kh + i) * kw + j;
-                                        want[(c * h + ih as usize) * w + iw as usize] +=
-                                            gcols[e * px + y * ow + x];
-                                    }
+        for p in small_geometries() {
+            let (h, w, kh, kw) = (p.h, p.w, p.kh, p.kw);
+            let (oh, ow, px) = (p.out_h(), p.out_w(), p.pixels());
+            let n = p.patch_len() * px;
+            // Terms of mixed sign and size, a few special values, then NaN in the slack.
+            let mut gcols: Vec<f32> = (0..n)
+                .map(|v| match v % 11 {
+                    3 => special[v / 11 % special.len()],
+                    r => (r as f32 - 5.0) * 0.1f32.powi((v % 7) as i32),
+                })
+                .collect();
+            gcols.extend([f32::NAN; SLACK]);
+            let mut want = vec![0f32; p.image_len()];
+            let ((sh, sw), (dh, dw), (pt, pl)) = (p.stride, p.dilation, p.pad);
+            for j in 0..kw {
+                for c in 0..2 {
+                    for i in 0..kh {
+                        for y in 0..oh {
+                            for x in 0..ow {
+                                let ih = (y * sh + i * dh) as isize - pt as isize;
+                                let iw = (x * sw + j * dw) as isize - pl as isize;
+                                if (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw) {
+                                    let e = (c * kh + i) * kw + j;
+                                    want[(c * h + ih as usize) * w + iw as usize] +=
+                                        gcols[e * px + y * ow + x];
                                 }
                             }
                         }
                     }
                 }
-                let padded = Padded::new(&p);
-                let mut buf = vec![f32::NAN; padded.len(2)];
-                let mut got = vec![0f32; p.image_len()];
-                padded.scatter(&p, &gcols, &mut buf, &mut got);
-                for (q, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert_eq!(g.to_bits(), w.to_bits(), "{p:?} pixel {q}: {g} against {w}");
-                }
-                cases += 1;
             }
+            let padded = Padded::new(&p);
+            let mut buf = vec![f32::NAN; padded.len(2)];
+            let mut got = vec![0f32; p.image_len()];
+            padded.scatter(&p, &gcols, &mut buf, &mut got);
+            for (q, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{p:?} pixel {q}: {g} against {w}");
+            }
+            cases += 1;
         }
         assert!(cases > 1000, "{cases} cases");
     }
