@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{contiguous_f32, for_each_chunk, operands};
+use crate::cpu::{contiguous_f32, extend_chunked, new_chunked, operands};
 
 /// `(y, b) -> y + b` per channel.
 struct AddChannel;
@@ -82,9 +82,8 @@ fn per_channel(
     if v.len() != c {
         candle_core::bail!("{op}: {} values for {c} channels", v.len())
     }
-    let mut out = vec![0f32; x.len()];
     let image = c * row;
-    for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+    let out = new_chunked(x.len(), image, 0, image, |i, o, _| {
         let xi = &x[i * image..(i + 1) * image];
         let rows = o.chunks_mut(row.max(1)).zip(xi.chunks(row.max(1)));
         for ((or, xr), &vc) in rows.zip(v) {
@@ -110,8 +109,7 @@ fn channel_reduce(
 fn channel_sums(shape: &Shape, len: usize, f: impl Fn(usize) -> f64 + Sync) -> Result<Vec<f32>> {
     let (c, row) = channel_rows(shape)?;
     let images = len.checked_div(c * row).unwrap_or(0);
-    let mut sums = vec![0f32; c];
-    for_each_chunk(&mut sums, 1, 0, images * row, |ch, sum, _| {
+    let sums = new_chunked(c, 1, 0, images * row, |ch, sum, _| {
         let mut acc = 0f64;
         for n in 0..images {
             let start = (n * c + ch) * row;
@@ -146,7 +144,7 @@ impl CustomOp2 for AddChannel {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let gy = y.track_op().then(|| grad.clone());
         let gb = if b.track_op() {
-            Some(grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)?)
+            Some(bias_grad(grad)?)
         } else {
             None
         };
@@ -256,9 +254,8 @@ impl CustomOp1 for ChannelAffine {
         {
             candle_core::bail!("{}: per-channel vectors for {c} channels", self.name())
         }
-        let mut out = vec![0f32; x.len()];
         let image = c * row;
-        for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+        let out = new_chunked(x.len(), image, 0, image, |i, o, _| {
             let xi = &x[i * image..(i + 1) * image];
             let rows = o.chunks_mut(row.max(1)).zip(xi.chunks(row.max(1)));
             for (ch, (or, xr)) in rows.enumerate() {
@@ -302,9 +299,8 @@ impl CustomOp2 for AffineReluGrad<'_> {
         if g.len() != x.len() || op.scale.len() != c {
             candle_core::bail!("{}: operands do not match", self.name())
         }
-        let mut out = vec![0f32; x.len()];
         let image = c * row;
-        for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+        let out = new_chunked(x.len(), image, 0, image, |i, o, _| {
             let range = i * image..(i + 1) * image;
             let (gi, xi) = (&g[range.clone()], &x[range]);
             let rows = o
@@ -342,9 +338,8 @@ impl CustomOp3 for ScaleShift {
         if s.len() != c || b.len() != c {
             candle_core::bail!("{}: per-channel vectors for {c} channels", self.name())
         }
-        let mut out = vec![0f32; x.len()];
         let image = c * row;
-        for_each_chunk(&mut out, image, 0, image, |i, o, _| {
+        let out = new_chunked(x.len(), image, 0, image, |i, o, _| {
             let xi = &x[i * image..(i + 1) * image];
             let rows = o.chunks_mut(row.max(1)).zip(xi.chunks(row.max(1)));
             for (ch, (or, xr)) in rows.enumerate() {
@@ -399,10 +394,9 @@ impl CustomOp2 for ScaleShiftGrad {
             candle_core::bail!("{}: operands do not match", self.name())
         }
         let n = x.len();
-        let mut out = vec![0f32; n + 2 * c];
-        let (gx, sums) = out.split_at_mut(n);
+        let mut out = Vec::with_capacity(n + 2 * c);
         let image = c * row;
-        for_each_chunk(gx, image, 0, image, |i, o, _| {
+        extend_chunked(&mut out, n, image, 0, image, |i, o, _| {
             let gi = &g[i * image..(i + 1) * image];
             let rows = o.chunks_mut(row.max(1)).zip(gi.chunks(row.max(1)));
             for ((or, gr), &sc) in rows.zip(&self.scale) {
@@ -411,9 +405,10 @@ impl CustomOp2 for ScaleShiftGrad {
                     .for_each(|(d, &u)| *d = (0.0 + u) * sc);
             }
         });
-        let ds = channel_sums(l1.shape(), n, |i| (0.0 + g[i]) as f64 * x[i] as f64)?;
-        sums[..c].copy_from_slice(&ds);
-        sums[c..].copy_from_slice(&channel_sums(l1.shape(), n, |i| g[i] as f64)?);
+        out.extend(channel_sums(l1.shape(), n, |i| {
+            (0.0 + g[i]) as f64 * x[i] as f64
+        })?);
+        out.extend(channel_sums(l1.shape(), n, |i| g[i] as f64)?);
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
     }
 }
@@ -463,6 +458,12 @@ pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
         return y.broadcast_add(&as_channels(b, y.rank())?);
     }
     y.contiguous()?.apply_op2(&b.contiguous()?, AddChannel)
+}
+
+/// The gradient of a per-channel bias for the output gradient `grad` (N, C, ...): its per-channel sum,
+/// in f64 in a fixed order ([`AddChannel`]'s and the biased convolution's).
+pub(crate) fn bias_grad(grad: &Tensor) -> Result<Tensor> {
+    grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)
 }
 
 /// `x * s` with `s` (C) multiplied along dimension 1 of `x` (N, C, ...).

@@ -275,10 +275,14 @@ impl LipConv2d {
     /// Convolution plus bias, each parameter passed through `param` (the tracked tensor itself, or
     /// [`Ctx::param`], which detaches it when the context is frozen).
     fn apply(&self, x: &Tensor, param: impl Fn(&Tensor) -> Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv(x, &param(&self.weight))?;
         match &self.bias {
-            Some(b) => crate::channel::add_channel_bias(&y, &param(b)),
-            None => Ok(y),
+            Some(b) if self.scale == 1.0 => {
+                crate::im2col::conv2d_bias(x, &param(&self.weight), &param(b), &self.cfg)
+            }
+            Some(b) => {
+                crate::channel::add_channel_bias(&self.conv(x, &param(&self.weight))?, &param(b))
+            }
+            None => self.conv(x, &param(&self.weight)),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! (on 2 cores, 3 runnable threads). Running our loops on candle's pool keeps exactly one thread per
 //! core busy, and the calling thread works too.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -71,47 +72,115 @@ fn on_pool<T: Send, S>(
     });
 }
 
-/// Calls `f(i, out_i, scratch)` for every `i < out.len() / chunk`, where `out_i` is the i-th `chunk`
-/// of `out` and `scratch` a zeroed-once buffer of `scratch_len` floats owned by the calling thread.
-/// `work` is the cost of one item in multiply-adds, to keep small loops on the calling thread.
-pub(crate) fn for_each_chunk(
-    out: &mut [f32],
+/// A new vector of `len` floats, written by `f(i, out_i, scratch)` for every chunk `out_i` (the i-th
+/// `chunk` floats, zeroed just before by the thread that writes it), where `scratch` is a zeroed-once
+/// buffer of `scratch_len` floats owned by that thread and `work` the cost of one chunk in multiply-adds,
+/// to keep small loops on the calling thread. Zeroing each chunk where it is written keeps the fill
+/// parallel and the chunk in that core's cache, instead of a serial pass over the whole output first.
+pub(crate) fn new_chunked(
+    len: usize,
+    chunk: usize,
+    scratch_len: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    extend_chunked(&mut out, len, chunk, scratch_len, work, f);
+    out
+}
+
+/// Appends `len` floats to `out` as [`new_chunked`] makes them (the i-th chunk of the new part zeroed,
+/// then written by `f`), so an op can allocate room for a few values more once.
+pub(crate) fn extend_chunked(
+    out: &mut Vec<f32>,
+    len: usize,
     chunk: usize,
     scratch_len: usize,
     work: usize,
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
 ) {
     if chunk == 0 {
+        out.resize(out.len() + len, 0.0);
         return;
     }
-    let items: Vec<&mut [f32]> = out.chunks_mut(chunk).collect();
-    let total = items.len().saturating_mul(work);
+    out.reserve(len);
+    let old = out.len();
+    let items: Vec<&mut [MaybeUninit<f32>]> =
+        out.spare_capacity_mut()[..len].chunks_mut(chunk).collect();
+    let (count, total) = (items.len(), items.len().saturating_mul(work));
+    let done = AtomicUsize::new(0);
     on_pool(
         items,
         total,
         || vec![0f32; scratch_len],
-        |i, o, scratch| f(i, o, scratch),
+        |i, o, scratch| {
+            f(i, zeroed(o), scratch);
+            done.fetch_add(1, Ordering::Relaxed);
+        },
     );
+    assert_eq!(
+        done.into_inner(),
+        count,
+        "a chunk of a new vector was not written"
+    );
+    // SAFETY: every chunk of `out[old..old + len]` was initialised by `zeroed` (counted above).
+    unsafe { out.set_len(old + len) };
 }
 
-/// Calls `f(i, outs_i)` for every `i`, where `outs_i` holds the i-th `chunk` of each slice of `outs`
-/// (slices of one length), on candle's pool where there is enough work (`work` multiply-adds per
-/// entry): an elementwise pass that writes several arrays at once, such as an optimiser update.
-pub fn for_each_chunk_of(
-    outs: Vec<&mut [f32]>,
+/// Zeroes a chunk of uninitialised floats and returns it as initialised.
+fn zeroed(o: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    o.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written; `MaybeUninit<f32>` has the layout of `f32`.
+    unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `count` new vectors of `len` floats each, written by `f(i, outs_i)` for every `i`, where `outs_i`
+/// holds the i-th `chunk` of each vector, zeroed by the thread that writes it just before (see
+/// [`new_chunked`]); on candle's pool where there is enough work (`work` multiply-adds per entry): an
+/// elementwise pass that writes several arrays at once, such as an optimiser update.
+pub fn new_chunks_of(
+    count: usize,
+    len: usize,
     chunk: usize,
     work: usize,
     f: impl Fn(usize, &mut [&mut [f32]]) + Sync,
-) {
-    let len = outs.first().map_or(0, |o| o.len());
-    if chunk == 0 || len == 0 || outs.iter().any(|o| o.len() != len) {
-        return;
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = (0..count).map(|_| Vec::with_capacity(len)).collect();
+    if chunk == 0 || len == 0 || count == 0 {
+        outs.iter_mut().for_each(|o| o.resize(len, 0.0));
+        return outs;
     }
-    let mut iters: Vec<_> = outs.into_iter().map(|o| o.chunks_mut(chunk)).collect();
-    let items: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(chunk))
-        .map(|_| iters.iter_mut().filter_map(Iterator::next).collect())
-        .collect();
-    on_pool(items, len.saturating_mul(work), || (), |i, o, _| f(i, o));
+    let items_n = len.div_ceil(chunk);
+    {
+        let mut iters: Vec<_> = outs
+            .iter_mut()
+            .map(|o| o.spare_capacity_mut()[..len].chunks_mut(chunk))
+            .collect();
+        let items: Vec<Vec<&mut [MaybeUninit<f32>]>> = (0..items_n)
+            .map(|_| iters.iter_mut().filter_map(Iterator::next).collect())
+            .collect();
+        let done = AtomicUsize::new(0);
+        on_pool(
+            items,
+            len.saturating_mul(work),
+            || (),
+            |i, o, _| {
+                let mut chunks: Vec<&mut [f32]> = o.iter_mut().map(|c| zeroed(c)).collect();
+                f(i, &mut chunks);
+                done.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        assert_eq!(
+            done.into_inner(),
+            items_n,
+            "a chunk of a new vector was not written"
+        );
+    }
+    for o in &mut outs {
+        // SAFETY: every chunk of every vector was initialised by `zeroed` (counted above).
+        unsafe { o.set_len(len) };
+    }
+    outs
 }
 
 /// The widest gemm kernels this build uses on this CPU (chosen by the gemm crate at run time):

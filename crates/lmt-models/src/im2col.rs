@@ -1,5 +1,5 @@
-//! 2-D convolution by im2col + gemm, as three candle custom ops: the forward pass, the input gradient
-//! and the kernel gradient.
+//! 2-D convolution by im2col + gemm, as candle custom ops: the forward pass (with a per-channel bias
+//! added in the same pass, where the layer has one), the input gradient and the kernel gradient.
 //!
 //! Why: candle 0.11.1's CPU convolution computes the input gradient with a scalar scatter loop
 //! parallelised over output channels only, the kernel gradient as a poorly tiled convolution, and always
@@ -14,10 +14,10 @@
 //! phase-split copy of it ([`Gather`]), where each row of the patch matrix is one contiguous read.
 //! Second derivatives through the convolution are not supported (nothing in lmt-rs takes them).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::conv::ConvCfg;
-use crate::cpu::{for_each_chunk, operands};
+use crate::cpu::{contiguous_f32, new_chunked, operands};
 use crate::numerics::{depth_ranges, numerics, Numerics};
 
 /// The geometry shared by the gather and the scatter: kernel, stride, dilation, padding and the input's
@@ -236,6 +236,11 @@ const KERNEL_GRAD_GROUPS: usize = 8;
 /// Forward: `(x, kernel) -> y`; per image, gather the patch matrix (c · kh · kw, out_h · out_w) into a
 /// per-thread buffer and multiply the flattened kernel by it, writing NCHW output directly.
 struct ConvFwd(Patches);
+
+/// Forward with the bias: `(x, kernel, bias) -> y + bias` per output channel; the values and gradients of
+/// [`ConvFwd`] followed by `add_channel_bias`, with the bias added to each image's output while it is in
+/// cache instead of in a second pass over a second output.
+struct ConvBiasFwd(Patches);
 
 /// Input gradient: `(grad_y, kernel) -> grad_x`; per image, grad_cols = kernelᵀ · grad_y, then scatter.
 struct ConvBwdInput(Patches);
@@ -532,27 +537,8 @@ impl CustomOp2 for ConvFwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let p = self.0;
         let (x, kernel) = operands(self.name(), (s1, l1), (s2, l2))?;
-        let (k, px) = (p.patch_len(), p.pixels());
-        let c_out = kernel.len() / k.max(1);
-        let mut y = vec![0f32; p.batch * c_out * px];
-        let n = p.image_len();
-        let gather = Gather::new(p);
-        let scratch = gather.scratch_len();
-        for_each_chunk(
-            &mut y,
-            c_out * px,
-            scratch,
-            c_out * px * k,
-            |b, yb, scratch| {
-                let cols = gather.run(&x[b * n..(b + 1) * n], scratch);
-                let w = Mat::rows(kernel, k);
-                sgemm(c_out, px, k, yb, false, w, Mat::rows(cols, px));
-            },
-        );
-        let shape = Shape::from((p.batch, c_out, p.out_h(), p.out_w()));
-        Ok((CpuStorage::F32(y), shape))
+        conv_forward(self.0, x, kernel, None)
     }
 
     fn bwd(
@@ -562,24 +548,111 @@ impl CustomOp2 for ConvFwd {
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_y = grad_y.contiguous()?;
-        // candle asks for both gradients; compute only those that are tracked (the images of a
-        // training batch need none; a detached kernel needs none).
-        let gx = if x.track_op() {
-            Some(grad_y.apply_op2_no_bwd(kernel, &ConvBwdInput(self.0))?)
+        conv_backward(self.0, x, kernel, grad_y)
+    }
+}
+
+/// The forward pass of [`ConvFwd`] and [`ConvBiasFwd`]: per image, the gathered patch matrix times the
+/// flattened kernel, then (with a bias) `y + b_c` on each output channel, as `add_channel_bias` rounds it.
+fn conv_forward(
+    p: Patches,
+    x: &[f32],
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<(CpuStorage, Shape)> {
+    let (k, px) = (p.patch_len(), p.pixels());
+    let c_out = kernel.len() / k.max(1);
+    if bias.is_some_and(|b| b.len() != c_out) {
+        candle_core::bail!(
+            "lmt-conv2d-bias: a bias of {} values for {c_out} channels",
+            bias.map_or(0, <[f32]>::len)
+        )
+    }
+    let n = p.image_len();
+    let gather = Gather::new(p);
+    let scratch = gather.scratch_len();
+    let y = new_chunked(
+        p.batch * c_out * px,
+        c_out * px,
+        scratch,
+        c_out * px * k,
+        |b, yb, scratch| {
+            let cols = gather.run(&x[b * n..(b + 1) * n], scratch);
+            let w = Mat::rows(kernel, k);
+            sgemm(c_out, px, k, yb, false, w, Mat::rows(cols, px));
+            if let Some(bias) = bias {
+                for (row, &bc) in yb.chunks_mut(px.max(1)).zip(bias) {
+                    row.iter_mut().for_each(|v| *v += bc);
+                }
+            }
+        },
+    );
+    let shape = Shape::from((p.batch, c_out, p.out_h(), p.out_w()));
+    Ok((CpuStorage::F32(y), shape))
+}
+
+/// The input and kernel gradients of the convolution for the output gradient `grad_y`, each only where
+/// its operand is tracked (the images of a training batch need none; a detached kernel needs none).
+fn conv_backward(
+    p: Patches,
+    x: &Tensor,
+    kernel: &Tensor,
+    grad_y: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let grad_y = grad_y.contiguous()?;
+    let gx = if x.track_op() {
+        Some(grad_y.apply_op2_no_bwd(kernel, &ConvBwdInput(p))?)
+    } else {
+        None
+    };
+    let gk = if kernel.track_op() {
+        let c_out = kernel.dim(0)?;
+        Some(
+            x.apply_op2_no_bwd(&grad_y, &ConvBwdKernel(p, c_out))?
+                .reshape(kernel.shape())?,
+        )
+    } else {
+        None
+    };
+    Ok((gx, gk))
+}
+
+impl CustomOp3 for ConvBiasFwd {
+    fn name(&self) -> &'static str {
+        "lmt-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, kernel) = operands(self.name(), (s1, l1), (s2, l2))?;
+        let bias = contiguous_f32(s3, l3, self.name())?;
+        conv_forward(self.0, x, kernel, Some(bias))
+    }
+
+    /// The gradients of the convolution and of `add_channel_bias` after it: the output gradient passes
+    /// through the bias unchanged, and the bias gets its per-channel sum.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gk) = conv_backward(self.0, x, kernel, grad_y)?;
+        let gb = if bias.track_op() {
+            Some(crate::channel::bias_grad(grad_y)?)
         } else {
             None
         };
-        let gk = if kernel.track_op() {
-            let c_out = kernel.dim(0)?;
-            Some(
-                x.apply_op2_no_bwd(&grad_y, &ConvBwdKernel(self.0, c_out))?
-                    .reshape(kernel.shape())?,
-            )
-        } else {
-            None
-        };
-        Ok((gx, gk))
+        Ok((gx, gk, gb))
     }
 }
 
@@ -599,12 +672,11 @@ impl CustomOp2 for ConvBwdInput {
         let (gy, kernel) = operands(self.name(), (s1, l1), (s2, l2))?;
         let (k, px) = (p.patch_len(), p.pixels());
         let c_out = kernel.len() / k.max(1);
-        let mut gx = vec![0f32; p.batch * p.image_len()];
         let n = c_out * px;
         let padded = Padded::new(&p);
         let cols = px * k + SLACK;
-        for_each_chunk(
-            &mut gx,
+        let gx = new_chunked(
+            p.batch * p.image_len(),
             p.image_len(),
             cols + padded.len(p.channels),
             c_out * px * k,
@@ -645,12 +717,11 @@ impl CustomOp2 for ConvBwdKernel {
         let (k, px) = (p.patch_len(), p.pixels());
         let per_group = p.batch.div_ceil(KERNEL_GRAD_GROUPS).max(1);
         let groups = p.batch.div_ceil(per_group);
-        let mut partials = vec![0f32; groups * c_out * k];
         let work = per_group * c_out * px * k;
         let gather = Gather::new(p);
         let scratch = gather.scratch_len();
-        for_each_chunk(
-            &mut partials,
+        let partials = new_chunked(
+            groups * c_out * k,
             c_out * k,
             scratch,
             work,
@@ -688,6 +759,26 @@ fn use_candle_conv() -> bool {
 /// channel slice and concatenates. Falls back to candle's `conv2d` (via [`candle_conv2d`]) for anything
 /// but f32 on the CPU.
 pub fn conv2d(x: &Tensor, kernel: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
+    let Some(p) = own_patches(x, kernel, cfg)? else {
+        return other_conv2d(x, kernel, cfg);
+    };
+    x.contiguous()?.apply_op2(&kernel.contiguous()?, ConvFwd(p))
+}
+
+/// [`conv2d`] followed by `add_channel_bias(y, bias)` (`bias` of shape (c_out)): the same values and
+/// gradients, with the bias added inside the convolution's pass over each image's output.
+pub fn conv2d_bias(x: &Tensor, kernel: &Tensor, bias: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
+    match own_patches(x, kernel, cfg)? {
+        Some(p) if bias.dtype() == x.dtype() && bias.device().is_cpu() => x
+            .contiguous()?
+            .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, ConvBiasFwd(p)),
+        _ => crate::channel::add_channel_bias(&conv2d(x, kernel, cfg)?, bias),
+    }
+}
+
+/// The geometry for our own ops where they apply (f32 on the CPU, one group, not `LMT_CONV=candle`),
+/// `None` where [`other_conv2d`] must run, or an error naming a kernel that does not fit the input.
+fn own_patches(x: &Tensor, kernel: &Tensor, cfg: &ConvCfg) -> Result<Option<Patches>> {
     let (batch, channels, h, w) = x.dims4()?;
     let (c_out, c_in, kh, kw) = kernel.dims4()?;
     let g = cfg.groups;
@@ -699,25 +790,30 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
             kernel.dims()
         );
     }
+    let native = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+    Ok(p.filter(|_| native && g == 1 && !use_candle_conv()))
+}
+
+/// The convolutions our ops do not take: candle's own where asked or off the CPU, and a grouped one as
+/// each group on its channel slice, concatenated.
+fn other_conv2d(x: &Tensor, kernel: &Tensor, cfg: &ConvCfg) -> Result<Tensor> {
+    let (c_out, c_in, _, _) = kernel.dims4()?;
+    let g = cfg.groups;
     if use_candle_conv() || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
         return candle_conv2d(x, kernel, cfg);
     }
-    if g > 1 {
-        let per = c_out / g;
-        let single = ConvCfg { groups: 1, ..*cfg };
-        let parts = (0..g)
-            .map(|i| {
-                conv2d(
-                    &x.narrow(1, i * c_in, c_in)?,
-                    &kernel.narrow(0, i * per, per)?,
-                    &single,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        return Tensor::cat(&parts, 1);
-    }
-    let p = p.expect("checked above");
-    x.contiguous()?.apply_op2(&kernel.contiguous()?, ConvFwd(p))
+    let per = c_out / g;
+    let single = ConvCfg { groups: 1, ..*cfg };
+    let parts = (0..g)
+        .map(|i| {
+            conv2d(
+                &x.narrow(1, i * c_in, c_in)?,
+                &kernel.narrow(0, i * per, per)?,
+                &single,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 1)
 }
 
 /// candle's own `conv2d`: the path for non-f32 or non-CPU tensors, and for `LMT_CONV=candle` (A/B

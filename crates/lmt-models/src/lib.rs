@@ -25,12 +25,12 @@
 pub use batch_norm::BatchNorm2d;
 pub use channel::{add_channel_bias, channel_sum, mul_channel};
 pub use conv::{conv_certified, grouped_certified, ConvBn, ConvCfg, LipConv2d};
-pub use cpu::{for_each_chunk_of, gemm_path};
+pub use cpu::{gemm_path, new_chunks_of};
 pub(crate) use error::config;
 pub use error::{ModelError, Result};
 pub use four_c_three_f::FourCThreeF;
 pub use graph::{Act, Graph, Node, Op};
-pub use im2col::conv2d;
+pub use im2col::{conv2d, conv2d_bias};
 pub use init::{param, Init};
 pub use kolter_wong::{Classifier, KolterWong, Output};
 pub use linear::LipLinear;

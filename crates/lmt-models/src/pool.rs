@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use lmt_core::{norms, CertifiedBound, ConvGeometry};
 
-use crate::cpu::{contiguous_f32, for_each_chunk};
+use crate::cpu::{contiguous_f32, new_chunked};
 
 use crate::lip::{CertifyMethod, Ctx, Lip, LipModule};
 use crate::{error::config, ConvCfg, Result};
@@ -319,8 +319,7 @@ impl CustomOp1 for TiledAvgPoolGrad {
         }
         // The kernel value exactly as candle_avg_pool builds it.
         let k = 1.0 / (kh * kw) as f32;
-        let mut gx = vec![0f32; b * c * h * w];
-        for_each_chunk(&mut gx, h * w, 0, h * w, |i, plane, _| {
+        let gx = new_chunked(b * c * h * w, h * w, 0, h * w, |i, plane, _| {
             let gi = &g[i * oh * ow..(i + 1) * oh * ow];
             for (y, row) in plane.chunks_mut(w).enumerate() {
                 for (x, d) in row.iter_mut().enumerate() {

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rand::Rng;
 
-use crate::cpu::{contiguous_f32, for_each_chunk, operands};
+use crate::cpu::{contiguous_f32, new_chunked, operands};
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::Act;
 use crate::{error::config, Result};
@@ -24,9 +24,8 @@ const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// `out[i] = f(i, a[i])` over all of `a`, in parallel chunks on the compute pool.
 fn map_indexed(a: &[f32], f: impl Fn(usize, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    for_each_chunk(
-        &mut out,
+    let out = new_chunked(
+        a.len(),
         ELEMENTWISE_CHUNK,
         0,
         ELEMENTWISE_CHUNK,
@@ -181,8 +180,7 @@ impl CustomOp1 for MinMaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let h = self.half;
-        let mut y = vec![0f32; x.len()];
-        for_each_chunk(&mut y, 2 * h, 0, 2 * h, |o, yo, _| {
+        let y = new_chunked(x.len(), 2 * h, 0, 2 * h, |o, yo, _| {
             let (a, b) = x[2 * o * h..2 * (o + 1) * h].split_at(h);
             let (ymax, ymin) = yo.split_at_mut(h);
             for (((mx, mn), &a), &b) in ymax.iter_mut().zip(ymin).zip(a).zip(b) {
@@ -220,8 +218,7 @@ impl CustomOp2 for MinMaxGrad {
             )
         }
         let h = self.half;
-        let mut gx = vec![0f32; x.len()];
-        for_each_chunk(&mut gx, 2 * h, 0, 2 * h, |o, go, _| {
+        let gx = new_chunked(x.len(), 2 * h, 0, 2 * h, |o, go, _| {
             let range = 2 * o * h..2 * (o + 1) * h;
             let ((a, b), (gmax, gmin)) = (x[range.clone()].split_at(h), g[range].split_at(h));
             let (ga, gb) = go.split_at_mut(h);
@@ -297,24 +294,17 @@ impl Dropout {
     /// is the serial draw's whatever the thread count.
     fn mask(&self, seed: u64, n: usize) -> Vec<f32> {
         let keep = 1.0 / (1.0 - self.p);
-        let mut mask = vec![0f32; n];
-        for_each_chunk(
-            &mut mask,
-            ELEMENTWISE_CHUNK,
-            0,
-            ELEMENTWISE_CHUNK,
-            |i, m, _| {
-                let mut rng = lmt_core::named_rng(seed, &self.name);
-                rng.set_word_pos((i * ELEMENTWISE_CHUNK) as u128);
-                for v in m.iter_mut() {
-                    *v = if rng.random::<f32>() >= self.p {
-                        keep
-                    } else {
-                        0.0
-                    };
-                }
-            },
-        );
+        let mask = new_chunked(n, ELEMENTWISE_CHUNK, 0, ELEMENTWISE_CHUNK, |i, m, _| {
+            let mut rng = lmt_core::named_rng(seed, &self.name);
+            rng.set_word_pos((i * ELEMENTWISE_CHUNK) as u128);
+            for v in m.iter_mut() {
+                *v = if rng.random::<f32>() >= self.p {
+                    keep
+                } else {
+                    0.0
+                };
+            }
+        });
         mask
     }
 }

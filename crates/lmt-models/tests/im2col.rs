@@ -167,6 +167,94 @@ fn forward_and_both_gradients_equal_the_definition_and_candle() {
     assert!(general_cases > 30, "only {general_cases} general cases");
 }
 
+/// The biased convolution gives the bits of `add_channel_bias(conv2d(x, k), b)`, forward and all three
+/// gradients, with signed zeros, NaN and infinities in the output gradient, whichever operands are
+/// tracked (a training batch: images detached; an attack: kernel and bias detached), grouped cases
+/// included (they take the unfused path).
+#[test]
+fn biased_convolution_equals_convolution_then_bias_bit_for_bit() {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    };
+    let mut cases = 0;
+    for case in 0..60 {
+        let Some(cs) = draw(&mut rng, case % 3 == 2) else {
+            continue;
+        };
+        cases += 1;
+        let (oh, ow) = cs.out();
+        let cg = cs.c / cs.cfg.groups;
+        let x = Var::from_vec(
+            random(&mut rng, cs.b * cs.c * cs.h * cs.w),
+            (cs.b, cs.c, cs.h, cs.w),
+            &dev,
+        )
+        .unwrap();
+        let k = Var::from_vec(
+            random(&mut rng, cs.o * cg * cs.kh * cs.kw),
+            (cs.o, cg, cs.kh, cs.kw),
+            &dev,
+        )
+        .unwrap();
+        let b = Var::from_vec(random(&mut rng, cs.o), cs.o, &dev).unwrap();
+        let mut gs = random(&mut rng, cs.b * cs.o * oh * ow);
+        for (i, v) in gs.iter_mut().enumerate() {
+            *v = match i % 7 {
+                1 => -0.0,
+                2 => 0.0,
+                _ if i == 3 && case % 2 == 0 => f32::NAN,
+                _ if i == 5 && case % 4 == 0 => f32::NEG_INFINITY,
+                _ => *v,
+            };
+        }
+        let g = Tensor::from_vec(gs, (cs.b, cs.o, oh, ow), &dev).unwrap();
+        for (track_x, track_kb) in [(true, true), (false, true), (true, false)] {
+            let pick = |v: &Var, tracked: bool| match tracked {
+                true => v.as_tensor().clone(),
+                false => v.as_tensor().detach(),
+            };
+            let (xt, kt, bt) = (pick(&x, track_x), pick(&k, track_kb), pick(&b, track_kb));
+            let fused = lmt_models::conv2d_bias(&xt, &kt, &bt, &cs.cfg).unwrap();
+            let chain =
+                lmt_models::add_channel_bias(&lmt_models::conv2d(&xt, &kt, &cs.cfg).unwrap(), &bt)
+                    .unwrap();
+            assert_eq!(bits(&fused), bits(&chain), "forward, case {case}");
+            let gf = (&fused * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gc = (&chain * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v, tracked) in [("x", &x, track_x), ("k", &k, track_kb), ("b", &b, track_kb)]
+            {
+                let (f, c) = (gf.get(v.as_tensor()), gc.get(v.as_tensor()));
+                assert_eq!(
+                    f.is_some(),
+                    tracked,
+                    "gradient of {name} present iff tracked"
+                );
+                if let (Some(f), Some(c)) = (f, c) {
+                    assert_eq!(
+                        bits(f),
+                        bits(c),
+                        "gradient of {name}, case {case}, tracked x {track_x}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(cases > 40, "only {cases} cases fit");
+}
+
 #[test]
 fn channel_bias_equals_broadcast_add_with_its_gradients() {
     let dev = Device::Cpu;

@@ -175,14 +175,9 @@ impl Optimizer {
                 }
             };
             let is_adam = matches!(rule, Rule::Adam { .. });
-            let (mut p_new, mut m_new) = (vec![0f32; n], vec![0f32; n]);
-            let mut v_new = if is_adam { vec![0f32; n] } else { Vec::new() };
-            let mut outs: Vec<&mut [f32]> = vec![&mut p_new, &mut m_new];
-            if is_adam {
-                outs.push(&mut v_new);
-            }
             let (with_decay, decay) = (decay > 0.0, decay as f32);
-            lmt_models::for_each_chunk_of(outs, CHUNK, ENTRY_WORK, |c, outs| {
+            let count = if is_adam { 3 } else { 2 };
+            let mut outs = lmt_models::new_chunks_of(count, n, CHUNK, ENTRY_WORK, |c, outs| {
                 let r = c * CHUNK..(c * CHUNK + outs[0].len());
                 let (pd, gd, md, vd) = (&pd[r.clone()], &gd[r.clone()], &md[r.clone()], &vd[r]);
                 match (rule, outs) {
@@ -197,6 +192,13 @@ impl Optimizer {
                     _ => {}
                 }
             });
+            let v_new = if is_adam {
+                outs.pop().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let m_new = outs.pop().unwrap_or_default();
+            let p_new = outs.pop().unwrap_or_default();
             (p_new, m_new, v_new)
         };
         let (shape, device) = (p.shape().clone(), p.device().clone());
