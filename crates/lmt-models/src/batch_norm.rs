@@ -6,7 +6,9 @@
 use candle_core::{Tensor, Var};
 use lmt_core::{norms, CertifiedBound};
 
-use crate::channel::{add_channel_bias, channel_affine, channel_sum, channel_sum_sq, scale_shift};
+use crate::channel::{
+    add_channel_bias, channel_affine, channel_sum, channel_sum_sq, scale_shift_act,
+};
 use crate::lip::{Ctx, Lip, LipModule};
 use crate::{error::config, tensor_f64, Result};
 
@@ -122,8 +124,9 @@ impl BatchNorm2d {
         self.normalize_act(x, ctx, false)
     }
 
-    /// [`normalize`](Self::normalize), then ReLU when `relu` is set: at inference with frozen parameters
-    /// one fused per-channel pass each way (the same bits as the two steps), else the two steps.
+    /// [`normalize`](Self::normalize), then ReLU when `relu` is set, inside the last per-channel pass (the
+    /// same bits as the two steps): in training the scale and shift, at inference with frozen parameters
+    /// the whole affine map.
     pub(crate) fn normalize_act(
         &self,
         x: &Tensor,
@@ -157,8 +160,8 @@ impl BatchNorm2d {
             (add_channel_bias(x, &shift)?, var)
         };
         let scale = ctx.param(&self.gamma).div(&(var + self.eps)?.sqrt()?)?;
-        let y = scale_shift(&xc, &scale, &ctx.param(&self.beta))?;
-        Ok((if relu { crate::simple::relu(&y)? } else { y }, scale))
+        let y = scale_shift_act(&xc, &scale, &ctx.param(&self.beta), relu)?;
+        Ok((y, scale))
     }
 
     /// The certified bound at inference: max_c |scale_c|, the scale as applied.

@@ -35,14 +35,21 @@ struct SumSqGrad;
 /// `(x, s, b) -> (x * s_c) + b_c` per channel (BN's scale and shift in training): the values of
 /// `add_channel_bias(&mul_channel(x, s)?, b)` bit for bit, and the three gradients that chain's
 /// backward pass gives (see [`ScaleShiftGrad`]) without its intermediate product or the zeroed buffer
-/// candle accumulates that product's gradient in.
-struct ScaleShift;
+/// candle accumulates that product's gradient in. With `relu`, then `max(y, 0)`: the values and gradients
+/// of ReLU after it, without the pre-activation as a tensor (the backward pass recomputes it).
+struct ScaleShift {
+    relu: bool,
+}
 
 /// `(g, x) -> [(0 + g) * s_c, sum (0 + g) x per channel, sum g per channel]`, packed in that order
 /// (`x.len() + 2 C` values): [`ScaleShift`]'s gradients of `x`, `s` and `b`, each rounded as the chain
 /// rounds it (candle's `0 + g` into zeros, [`MulChannel`], [`ChannelDot`], [`ChannelSum`]).
+///
+/// With `relu_bias` (the shift `b` of a [`ScaleShift`] with ReLU), `g` is first the gradient the chain's
+/// ReLU passes back, `0 + g * ((x s_c + b_c) >= 0 ? 1 : 0)` (its mask, then candle's `0 + g`).
 struct ScaleShiftGrad {
     scale: Vec<f32>,
+    relu_bias: Option<Vec<f32>>,
 }
 
 /// `x -> z = ((x + shift_c) * scale_c) + bias_c` per channel, each step rounded to f32 as the chain of
@@ -107,13 +114,22 @@ fn channel_reduce(
 /// The sums of [`channel_reduce`] as a vector: per channel, over images in order, each image's row
 /// summed in f64, then rounded to f32.
 fn channel_sums(shape: &Shape, len: usize, f: impl Fn(usize) -> f64 + Sync) -> Result<Vec<f32>> {
+    channel_sums_by(shape, len, |_, i| f(i))
+}
+
+/// [`channel_sums`] of `f(c, i)`, for terms that depend on their channel `c`.
+fn channel_sums_by(
+    shape: &Shape,
+    len: usize,
+    f: impl Fn(usize, usize) -> f64 + Sync,
+) -> Result<Vec<f32>> {
     let (c, row) = channel_rows(shape)?;
     let images = len.checked_div(c * row).unwrap_or(0);
     let sums = new_chunked(c, 1, 0, images * row, |ch, sum, _| {
         let mut acc = 0f64;
         for n in 0..images {
             let start = (n * c + ch) * row;
-            acc += (start..start + row).map(&f).sum::<f64>();
+            acc += (start..start + row).map(|i| f(ch, i)).sum::<f64>();
         }
         sum[0] = acc as f32;
     });
@@ -344,7 +360,13 @@ impl CustomOp3 for ScaleShift {
             let rows = o.chunks_mut(row.max(1)).zip(xi.chunks(row.max(1)));
             for (ch, (or, xr)) in rows.enumerate() {
                 let (sc, bc) = (s[ch], b[ch]);
-                or.iter_mut().zip(xr).for_each(|(d, &u)| *d = (u * sc) + bc);
+                match self.relu {
+                    true => or
+                        .iter_mut()
+                        .zip(xr)
+                        .for_each(|(d, &u)| *d = ((u * sc) + bc).max(0f32)),
+                    false => or.iter_mut().zip(xr).for_each(|(d, &u)| *d = (u * sc) + bc),
+                }
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -361,6 +383,10 @@ impl CustomOp3 for ScaleShift {
         let (n, c) = (x.elem_count(), s.elem_count());
         let op = ScaleShiftGrad {
             scale: s.flatten_all()?.to_vec1::<f32>()?,
+            relu_bias: match self.relu {
+                true => Some(b.flatten_all()?.to_vec1::<f32>()?),
+                false => None,
+            },
         };
         let packed = grad.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &op)?;
         let gx = x
@@ -394,21 +420,39 @@ impl CustomOp2 for ScaleShiftGrad {
             candle_core::bail!("{}: operands do not match", self.name())
         }
         let n = x.len();
+        if self.relu_bias.as_ref().is_some_and(|b| b.len() != c) {
+            candle_core::bail!("{}: a shift of the wrong length", self.name())
+        }
+        // The output gradient as the chain's scale-and-shift sees it: after ReLU's mask, where there is
+        // one, and candle's `0 + g`, for entry `i` of channel `ch`.
+        let g_at = |ch: usize, i: usize| match &self.relu_bias {
+            None => g[i],
+            Some(b) => {
+                let t = (x[i] * self.scale[ch]) + b[ch];
+                0.0 + g[i] * if t >= 0.0 { 1.0 } else { 0.0 }
+            }
+        };
         let mut out = Vec::with_capacity(n + 2 * c);
         let image = c * row;
         extend_chunked(&mut out, n, image, 0, image, |i, o, _| {
-            let gi = &g[i * image..(i + 1) * image];
-            let rows = o.chunks_mut(row.max(1)).zip(gi.chunks(row.max(1)));
-            for ((or, gr), &sc) in rows.zip(&self.scale) {
-                or.iter_mut()
-                    .zip(gr)
-                    .for_each(|(d, &u)| *d = (0.0 + u) * sc);
+            for (ch, or) in o.chunks_mut(row.max(1)).enumerate() {
+                let (start, sc) = (i * image + ch * row, self.scale[ch]);
+                match &self.relu_bias {
+                    None => or
+                        .iter_mut()
+                        .zip(&g[start..])
+                        .for_each(|(d, &u)| *d = (0.0 + u) * sc),
+                    Some(_) => or
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(k, d)| *d = (0.0 + g_at(ch, start + k)) * sc),
+                }
             }
         });
-        out.extend(channel_sums(l1.shape(), n, |i| {
-            (0.0 + g[i]) as f64 * x[i] as f64
+        out.extend(channel_sums_by(l1.shape(), n, |ch, i| {
+            (0.0 + g_at(ch, i)) as f64 * x[i] as f64
         })?);
-        out.extend(channel_sums(l1.shape(), n, |i| g[i] as f64)?);
+        out.extend(channel_sums_by(l1.shape(), n, |ch, i| g_at(ch, i) as f64)?);
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
     }
 }
@@ -474,14 +518,16 @@ pub fn mul_channel(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&s.contiguous()?, MulChannel)
 }
 
-/// `(x * s) + b` with `s` and `b` (C) applied along dimension 1 of `x` (N, C, ...): the values and
-/// gradients of `add_channel_bias(&mul_channel(x, s)?, b)` in fewer passes (see [`ScaleShift`]).
-pub(crate) fn scale_shift(x: &Tensor, s: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `(x * s) + b` with `s` and `b` (C) applied along dimension 1 of `x` (N, C, ...), then ReLU when
+/// `relu` is set: the values and gradients of `add_channel_bias(&mul_channel(x, s)?, b)` (and of ReLU
+/// after it) in one pass each way (see [`ScaleShift`]); BN's scale and shift in training.
+pub(crate) fn scale_shift_act(x: &Tensor, s: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
     if !native(x, s) || !native(x, b) {
-        return add_channel_bias(&mul_channel(x, s)?, b);
+        let y = add_channel_bias(&mul_channel(x, s)?, b)?;
+        return if relu { crate::simple::relu(&y) } else { Ok(y) };
     }
     x.contiguous()?
-        .apply_op3(&s.contiguous()?, &b.contiguous()?, ScaleShift)
+        .apply_op3(&s.contiguous()?, &b.contiguous()?, ScaleShift { relu })
 }
 
 /// The per-channel sum of the squares of `x` (N, C, ...), shape (C): the values and gradient of
@@ -567,8 +613,8 @@ mod tests {
         assert_eq!(bits(&grad(&fused)), bits(&grad(&chain)));
     }
 
-    /// The fused scale and shift gives `add_channel_bias(mul_channel(x, s), b)` and the gradients of all
-    /// three operands bit for bit.
+    /// The fused scale and shift gives `add_channel_bias(mul_channel(x, s), b)`, alone and with ReLU after
+    /// it, and the gradients of all three operands bit for bit.
     #[test]
     fn scale_shift_equals_the_chain_bit_for_bit() {
         let dev = Device::Cpu;
@@ -576,14 +622,29 @@ mod tests {
         let s = Var::new(&[1.0f32 / 3.0, -2.0, 0.0, 1e-3], &dev).unwrap();
         let b = Var::new(&[0.1f32, -0.0, -4.0, 2.0], &dev).unwrap();
         let (xt, st, bt) = (x.as_tensor(), s.as_tensor(), b.as_tensor());
-        let fused = scale_shift(xt, st, bt).unwrap();
-        let chain = add_channel_bias(&mul_channel(xt, st).unwrap(), bt).unwrap();
-        assert_eq!(bits(&fused), bits(&chain));
-        let g = input().affine(-0.5, 0.0).unwrap();
+        // An output gradient with signed zeros, nonzero where the input is zero (so ReLU's mask on zero
+        // pre-activations shows).
+        let g: Vec<f32> = (0..360)
+            .map(|i| match i % 13 {
+                0 => -0.0,
+                1 => 0.0,
+                _ => ((i * 4057 % 1000) as f32 - 480.0) / 89.0,
+            })
+            .collect();
+        let g = Tensor::from_vec(g, (3, 4, 5, 6), &dev).unwrap();
         let grads = |y: &Tensor| {
             let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
             [xt, st, bt].map(|t| bits(gs.get(t).unwrap()))
         };
+        let chain = add_channel_bias(&mul_channel(xt, st).unwrap(), bt).unwrap();
+        let fused = scale_shift_act(xt, st, bt, false).unwrap();
+        assert_eq!(bits(&fused), bits(&chain));
+        assert_eq!(grads(&fused), grads(&chain));
+        // With ReLU after it: pre-activations of +0 and -0 (zero inputs, a zero scale, a -0 shift) keep
+        // their gradient, negative ones lose it, as ReLU's mask `x >= 0` says.
+        let chain = crate::simple::relu(&chain).unwrap();
+        let fused = scale_shift_act(xt, st, bt, true).unwrap();
+        assert_eq!(bits(&fused), bits(&chain));
         assert_eq!(grads(&fused), grads(&chain));
     }
 
