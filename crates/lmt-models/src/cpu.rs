@@ -199,3 +199,54 @@ pub fn gemm_path() -> &'static str {
     }
     "baseline"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every chunk reaches its writer zeroed and in order (the last one short), on the calling thread
+    /// and on the pool alike, and the result holds exactly what the writers wrote; `chunk == 0` gives
+    /// zeros without calling the writer.
+    #[test]
+    fn new_chunked_hands_each_writer_a_zeroed_chunk() {
+        for (len, chunk, work) in [(10, 4, 1), (1000, 7, POOL_MIN_WORK), (64, 64, 1), (0, 3, 1)] {
+            // Dirty memory for the allocator to hand out again.
+            drop(vec![f32::NAN; len.max(1) * 4]);
+            let out = new_chunked(len, chunk, 3, work, |i, o, scratch| {
+                assert!(o.iter().all(|v| v.to_bits() == 0), "chunk {i} not zeroed");
+                assert_eq!(o.len(), chunk.min(len - i * chunk));
+                assert!(scratch.len() == 3);
+                o.iter_mut()
+                    .enumerate()
+                    .for_each(|(k, v)| *v = (i * chunk + k) as f32);
+            });
+            let want: Vec<f32> = (0..len).map(|k| k as f32).collect();
+            assert_eq!(out, want, "len {len}, chunk {chunk}");
+        }
+        let zeros = new_chunked(5, 0, 0, 1, |_, _, _| panic!("no chunk to write"));
+        assert_eq!(zeros, vec![0.0; 5]);
+        let mut head = vec![7.0f32, 8.0];
+        extend_chunked(&mut head, 3, 2, 0, 1, |i, o, _| o.fill(i as f32 + 1.0));
+        assert_eq!(head, vec![7.0, 8.0, 1.0, 1.0, 2.0]);
+    }
+
+    /// Each of several new vectors gets its own zeroed chunk per item, written together.
+    #[test]
+    fn new_chunks_of_writes_every_vector() {
+        let outs = new_chunks_of(3, 10, 4, POOL_MIN_WORK, |i, o| {
+            assert_eq!(o.len(), 3);
+            for (v, out) in o.iter_mut().enumerate() {
+                assert!(out.iter().all(|x| x.to_bits() == 0));
+                out.fill((10 * v + i) as f32);
+            }
+        });
+        for (v, out) in outs.iter().enumerate() {
+            let want: Vec<f32> = (0..10).map(|k| (10 * v + k / 4) as f32).collect();
+            assert_eq!(out, &want);
+        }
+        assert_eq!(
+            new_chunks_of(2, 0, 4, 1, |_, _| {}),
+            vec![Vec::<f32>::new(); 2]
+        );
+    }
+}
